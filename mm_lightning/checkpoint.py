@@ -1,0 +1,97 @@
+"""Checkpoint metadata, safe loading, and rebuilding backbones from what a checkpoint recorded.
+
+Every stage checkpoint carries a plain-data block under ``"mm_lightning"``: the stage, the
+pipeline-global step, the LR schedule, the resolved backbone configs, the RoPE base and the tokens
+seen. Checkpoints are loaded with ``weights_only=True`` only, so they must hold nothing but tensors
+and plain Python data; :func:`to_plain` makes hyper-parameters so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mm_lightning.registry import build_from_config, config_from_dict
+
+META_KEY = "mm_lightning"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable, or does not fit what loads it."""
+
+
+def to_plain(value: Any) -> Any:
+    """Recursively turn dataclasses, tuples and odd objects into dicts, lists and strings."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): to_plain(v) for k, v in value.items() if not str(k).startswith("_instantiator")}
+    if isinstance(value, list | tuple):
+        return [to_plain(v) for v in value]
+    if isinstance(value, enum.Enum):
+        return value.value
+    if value is None or isinstance(value, bool | int | float | str | torch.Tensor):
+        return value
+    return str(value)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """``torch.load`` with ``weights_only=True`` onto the CPU, with a clear error for bad paths."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint {path} does not exist (or is a folder: pass the .ckpt file).")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(f"Could not load checkpoint {path} safely (weights_only=True): {error}") from error
+
+
+def checkpoint_meta(checkpoint: dict[str, Any], path: str | Path = "<checkpoint>") -> dict[str, Any]:
+    """The ``"mm_lightning"`` metadata block, or a clear error when the file is not a stage checkpoint."""
+    if META_KEY not in checkpoint:
+        raise CheckpointError(f"{path} is not an mm_lightning stage checkpoint (no {META_KEY!r} metadata).")
+    return checkpoint[META_KEY]
+
+
+def load_backbone(path: str | Path, kind: str, prefix: str | None = None) -> nn.Module:
+    """Rebuild the ``kind`` backbone a stage checkpoint recorded and load its weights.
+
+    Args:
+        path: a stage checkpoint (``.ckpt``).
+        kind: registry kind, e.g. ``"llm"``.
+        prefix: key prefix of that backbone in the checkpoint's ``state_dict`` (default ``"<kind>."``).
+
+    Raises:
+        CheckpointError: the checkpoint has no such backbone, or its keys do not match the rebuilt module.
+    """
+    checkpoint = load_checkpoint(path)
+    backbones = checkpoint_meta(checkpoint, path).get("backbones", {})
+    if kind not in backbones:
+        raise CheckpointError(f"{path} records no {kind!r} backbone; it has: {', '.join(backbones) or 'none'}.")
+    module = build_from_config(kind, config_from_dict(kind, backbones[kind]))
+    prefix = f"{kind}." if prefix is None else prefix
+    state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    load_state_dict_strict(module, state, source=f"{path} ({kind})")
+    return module
+
+
+def load_state_dict_strict(module: nn.Module, state: dict[str, Any], source: str) -> None:
+    """``load_state_dict`` that names missing and unexpected keys in one readable error."""
+    expected = set(module.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source} does not fit {type(module).__name__}: "
+            f"missing keys {_abbreviate(missing)}, unexpected keys {_abbreviate(unexpected)}."
+        )
+    module.load_state_dict(state)
+
+
+def _abbreviate(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return f"[{shown}{f', ... {len(keys) - limit} more' if len(keys) > limit else ''}]"

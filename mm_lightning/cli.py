@@ -1,0 +1,44 @@
+"""The ``mm-lightning`` command: a LightningCLI whose stages are ``fit`` plus a config file.
+
+``mm-lightning fit --config configs/text_pretrain/tiny.yaml`` runs a stage; the YAML picks the stage
+module and datamodule by ``class_path``; stacked ``--config`` files override only what changes.
+Lightning's other subcommands (``validate``, ``test``, ``predict``) work the same way.
+"""
+
+from __future__ import annotations
+
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from mm_lightning.callbacks import TokenThroughputMonitor
+from mm_lightning.stages import StageModule
+
+
+class MMLightningCLI(LightningCLI):
+    """LightningCLI over any stage module and datamodule, with the throughput monitor always on."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(TokenThroughputMonitor, "throughput")
+
+
+def build_cli(args: list[str] | None = None, run: bool = True) -> MMLightningCLI:
+    """Build (and by default run) the CLI; ``args`` default to ``sys.argv``. Tests use ``run=False``."""
+    return MMLightningCLI(
+        model_class=StageModule,
+        subclass_mode_model=True,
+        datamodule_class=LightningDataModule,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+    )
+
+
+def main() -> None:
+    """Entry point of the ``mm-lightning`` console script."""
+    build_cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""A Llama-style decoder-only language model (Touvron et al. 2023; Llama 3.2 shapes for the 1b preset).
+
+RMSNorm, SwiGLU feed-forward, grouped-query attention and rotary positions whose base is run-time
+state (``set_rope_base``), as Kimi-VL's long-context stage switches it 50,000 -> 800,000. The forward
+takes ``input_ids`` or ``inputs_embeds`` (the joint stages inject projected image features) and
+packed-sequence ids, so documents packed into one row never attend to each other.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mm_lightning.ops.attention import attention
+from mm_lightning.ops.packing import position_ids_from_seq_ids
+from mm_lightning.ops.rope import apply_rope, rope_cos_sin
+from mm_lightning.registry import register_backbone, register_preset
+
+
+@dataclass
+class LLMConfig:
+    """Architecture of the language model."""
+
+    vocab_size: int = 8192
+    """Size of the token vocabulary (embedding rows and output logits)."""
+    n_layers: int = 4
+    """Number of transformer blocks."""
+    d_model: int = 256
+    """Width of the residual stream."""
+    n_heads: int = 8
+    """Number of query heads."""
+    n_kv_heads: int = 4
+    """Number of key/value heads (grouped-query attention); must divide ``n_heads``."""
+    ffn_hidden: int = 688
+    """Hidden width of the SwiGLU feed-forward."""
+    rope_base: float = 50_000.0
+    """RoPE base (theta) at build time; a callback may switch it later."""
+    norm_eps: float = 1e-5
+    """Epsilon of the RMSNorms."""
+    tie_embeddings: bool = True
+    """Share the input embedding with the output projection."""
+    attn_backend: str = "auto"
+    """Attention backend: ``auto`` (xformers on CUDA when available, else SDPA), ``sdpa`` or ``xformers``."""
+    init_std: float = 0.02
+    """Standard deviation of the normal weight init."""
+    head_dim: int = field(init=False)
+    """Per-head width, derived: ``d_model // n_heads``."""
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+        self.head_dim = self.d_model // self.n_heads
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention with RoPE, through the shared attention backends."""
+
+    def __init__(self, config: LLMConfig) -> None:
+        super().__init__()
+        self.config = config
+        qkv_width = (config.n_heads + 2 * config.n_kv_heads) * config.head_dim
+        self.qkv = nn.Linear(config.d_model, qkv_width, bias=False)
+        self.proj = nn.Linear(config.n_heads * config.head_dim, config.d_model, bias=False)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, seq_ids: Tensor | None) -> Tensor:
+        cfg = self.config
+        batch, seq_len, _ = x.shape
+        q, k, v = self.qkv(x).split(
+            [cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim], dim=-1
+        )
+        q = q.view(batch, seq_len, cfg.n_heads, cfg.head_dim).transpose(1, 2)  # [B, H, T, D]
+        k = k.view(batch, seq_len, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)  # [B, Hkv, T, D]
+        v = v.view(batch, seq_len, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)  # [B, Hkv, T, D]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        out = attention(q, k, v, causal=True, seq_ids=seq_ids, backend=cfg.attn_backend)  # [B, H, T, D]
+        return self.proj(out.transpose(1, 2).reshape(batch, seq_len, -1))
+
+
+class SwiGLU(nn.Module):
+    """Gated feed-forward: ``down(silu(gate(x)) * up(x))``, gate and up fused in one matmul."""
+
+    def __init__(self, d_model: int, hidden: int) -> None:
+        super().__init__()
+        self.gate_up = nn.Linear(d_model, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, config: LLMConfig) -> None:
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.attn = Attention(config)
+        self.mlp_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.mlp = SwiGLU(config.d_model, config.ffn_hidden)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, seq_ids: Tensor | None) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, seq_ids)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+@register_backbone("llm", LLMConfig)
+class LLM(nn.Module):
+    """Decoder-only language model. ``rope_base`` is state: it travels in the ``state_dict``."""
+
+    def __init__(self, config: LLMConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.rope_base = float(config.rope_base)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Normal init; residual output projections scaled by ``1/sqrt(2 * n_layers)`` (GPT-2)."""
+        std = self.config.init_std
+        for name, param in self.named_parameters():
+            if param.dim() < 2:
+                nn.init.ones_(param)  # RMSNorm gains
+            elif name.endswith(("attn.proj.weight", "mlp.down.weight")):
+                nn.init.normal_(param, std=std / math.sqrt(2 * self.config.n_layers))
+            else:
+                nn.init.normal_(param, std=std)
+
+    def set_rope_base(self, base: float) -> None:
+        """Change the RoPE base from the next forward on (the long-context stage's switch)."""
+        if base <= 0:
+            raise ValueError(f"RoPE base must be positive, got {base}")
+        self.rope_base = float(base)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"rope_base": self.rope_base}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.rope_base = float(state["rope_base"])
+
+    def hidden_states(
+        self,
+        input_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        seq_ids: Tensor | None = None,
+    ) -> Tensor:
+        """Final-norm hidden states ``[B, T, d_model]``; see :meth:`forward` for the arguments."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
+        x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # [B, T, d]
+        if position_ids is None:
+            position_ids = _default_positions(x, seq_ids)
+        cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.rope_base, x.dtype)
+        for block in self.blocks:
+            x = block(x, cos, sin, seq_ids)
+        return self.norm(x)
+
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        seq_ids: Tensor | None = None,
+    ) -> Tensor:
+        """Next-token logits.
+
+        Args:
+            input_ids: ``[B, T]`` token ids (or pass ``inputs_embeds``).
+            inputs_embeds: ``[B, T, d_model]`` input embeddings, e.g. with image features spliced in.
+            position_ids: ``[B, T]`` RoPE positions; default restarts at each packed document.
+            seq_ids: ``[B, T]`` packed-document ids (tokens attend within their id); None = one document a row.
+
+        Returns:
+            ``[B, T, vocab_size]`` logits.
+        """
+        return self.lm_head(self.hidden_states(input_ids, inputs_embeds, position_ids, seq_ids))
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count (tied weights once); ``non_embedding`` leaves the token embedding out."""
+        total = sum(p.numel() for p in self.parameters())
+        return total - self.embed.weight.numel() if non_embedding else total
+
+    def flops_per_token(self, seq_len: int, training: bool = True) -> float:
+        """Model FLOPs per token (PaLM appendix B): ``6N + 12 L T d`` for training, a third of it forward only."""
+        cfg = self.config
+        matmul_params = self.num_params(non_embedding=True) - self._norm_params()
+        if cfg.tie_embeddings:
+            matmul_params += self.lm_head.weight.numel()  # the head is a matmul even when tied
+        forward = 2 * matmul_params + 4 * cfg.n_layers * seq_len * cfg.n_heads * cfg.head_dim
+        return 3 * forward if training else forward
+
+    def _norm_params(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.dim() < 2)
+
+
+def _default_positions(x: Tensor, seq_ids: Tensor | None) -> Tensor:
+    if seq_ids is not None:
+        return position_ids_from_seq_ids(seq_ids)
+    return torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
+
+
+@register_preset("llm", "tiny")
+def _tiny() -> LLMConfig:
+    return LLMConfig(vocab_size=8192, n_layers=4, d_model=256, n_heads=8, n_kv_heads=4, ffn_hidden=688)
+
+
+@register_preset("llm", "small")
+def _small() -> LLMConfig:
+    return LLMConfig(vocab_size=32768, n_layers=12, d_model=768, n_heads=12, n_kv_heads=4, ffn_hidden=2816)
+
+
+@register_preset("llm", "1b")
+def _one_b() -> LLMConfig:
+    return LLMConfig(vocab_size=128256, n_layers=16, d_model=2048, n_heads=32, n_kv_heads=8, ffn_hidden=8192)

@@ -1,0 +1,101 @@
+"""Learning-rate schedules as pure functions of the pipeline-global step.
+
+Along the LLM's line of stages (text -> joint pre-training -> cooldown -> long context) one global step
+counts on, and the LR is ``lr_at(schedule, global_step)``: nothing is read from a scheduler's stored
+internals, so a later stage that resumes the schedule only needs the global step (and the schedule)
+that the previous checkpoint recorded.
+
+Shapes: warmup-stable-decay (WSD; Hu et al. 2024, MiniCPM; the shape Kimi's Moonlight trains with) and
+cosine (Loshchilov & Hutter 2017), both with a linear warmup from ``start_lr`` and a floor ``min_lr``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+
+@dataclass
+class LRSchedule:
+    """One piece of the global LR schedule, starting at global step ``start_step``."""
+
+    kind: Literal["wsd", "cosine", "constant"] = "wsd"
+    """Shape: warmup-stable-decay, cosine, or constant after warmup."""
+    peak_lr: float = 3e-4
+    """LR reached at the end of warmup."""
+    min_lr: float = 3e-5
+    """LR at the end of the decay, and after it."""
+    warmup_steps: int = 100
+    """Linear warmup length from ``start_lr`` to ``peak_lr``."""
+    total_steps: int = 10_000
+    """Length of this piece in steps, warmup and decay included."""
+    decay_steps: int | None = None
+    """WSD only: length of the final decay (default: the last 20% of ``total_steps``)."""
+    decay_shape: Literal["linear", "cosine"] = "linear"
+    """WSD only: shape of the final decay."""
+    start_step: int = 0
+    """Global step at which this piece begins."""
+    start_lr: float = 0.0
+    """LR at the start of the warmup (a re-warmup starts from the current LR)."""
+
+    def __post_init__(self) -> None:
+        if self.total_steps <= 0 or self.warmup_steps < 0 or self.warmup_steps > self.total_steps:
+            raise ValueError(
+                f"LRSchedule needs 0 <= warmup_steps <= total_steps and total_steps > 0 "
+                f"(got warmup_steps={self.warmup_steps}, total_steps={self.total_steps})"
+            )
+        if self.kind == "wsd" and self.warmup_steps + self.wsd_decay_steps > self.total_steps:
+            raise ValueError(
+                f"WSD warmup_steps ({self.warmup_steps}) + decay_steps ({self.wsd_decay_steps}) exceed "
+                f"total_steps ({self.total_steps})"
+            )
+
+    @property
+    def wsd_decay_steps(self) -> int:
+        """Decay length of a WSD piece: ``decay_steps`` or the last 20% of the piece."""
+        return self.decay_steps if self.decay_steps is not None else max(1, self.total_steps // 5)
+
+
+def warmup_lr(step: int, warmup_steps: int, start_lr: float, peak_lr: float) -> float:
+    """Linear ramp: ``start_lr`` at step 0 to ``peak_lr`` at ``warmup_steps``."""
+    return start_lr + (peak_lr - start_lr) * step / warmup_steps
+
+
+def decay_lr(progress: float, peak_lr: float, min_lr: float, shape: str) -> float:
+    """Decay from ``peak_lr`` (progress 0) to ``min_lr`` (progress 1), linear or cosine."""
+    progress = min(max(progress, 0.0), 1.0)
+    factor = 1.0 - progress if shape == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+    return min_lr + (peak_lr - min_lr) * factor
+
+
+def lr_at(schedule: LRSchedule, global_step: int) -> float:
+    """The learning rate of ``schedule`` at ``global_step`` (steps before ``start_step`` count as its step 0)."""
+    step = max(0, global_step - schedule.start_step)
+    if step < schedule.warmup_steps:
+        return warmup_lr(step, schedule.warmup_steps, schedule.start_lr, schedule.peak_lr)
+    if schedule.kind == "constant":
+        return schedule.peak_lr
+    if schedule.kind == "cosine":
+        span = max(1, schedule.total_steps - schedule.warmup_steps)
+        return decay_lr((step - schedule.warmup_steps) / span, schedule.peak_lr, schedule.min_lr, "cosine")
+    decay_start = schedule.total_steps - schedule.wsd_decay_steps
+    if step < decay_start:
+        return schedule.peak_lr
+    progress = (step - decay_start) / schedule.wsd_decay_steps
+    return decay_lr(progress, schedule.peak_lr, schedule.min_lr, schedule.decay_shape)
+
+
+def build_lr_scheduler(optimizer: Optimizer, schedule: LRSchedule, step_offset: int) -> LambdaLR:
+    """A torch scheduler whose LR at local step ``s`` is ``lr_at(schedule, step_offset + s)``.
+
+    The optimizer's groups must have been created with ``lr=schedule.peak_lr`` (LambdaLR scales it).
+    """
+
+    def factor(local_step: int) -> float:
+        return lr_at(schedule, step_offset + local_step) / schedule.peak_lr
+
+    return LambdaLR(optimizer, factor)

@@ -1,0 +1,6 @@
+"""One thin LightningModule per stage of the recipe, over a shared base."""
+
+from mm_lightning.stages.base import StageModule
+from mm_lightning.stages.text_pretrain import TextPretrainStage
+
+__all__ = ["StageModule", "TextPretrainStage"]

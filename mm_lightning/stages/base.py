@@ -1,0 +1,119 @@
+"""What every stage shares: optimizer, the global-step LR schedule, parallelism and checkpoint metadata.
+
+A concrete stage only says which backbones it builds (``backbones()``), what trains, and its steps.
+Backbone attribute names are registry kinds (``self.llm`` is an ``llm``), so the checkpoint can record
+each one's resolved config and a later stage can rebuild it with ``checkpoint.load_backbone``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
+from torch import nn
+
+from mm_lightning.checkpoint import META_KEY, to_plain
+from mm_lightning.optim import OptimizerConfig, build_optimizer
+from mm_lightning.parallel import parallelize
+from mm_lightning.schedules import LRSchedule, build_lr_scheduler
+
+
+class StageModule(pl.LightningModule):
+    """Base class of all stage modules.
+
+    Args:
+        optimizer: optimizer choice and hyper-parameters.
+        schedule: the LR schedule piece this stage runs (a pure function of the global step).
+        global_step_offset: pipeline-global step at which this stage starts (0 for the first stage).
+        activation_checkpointing: recompute block activations in backward to save memory.
+        compile: ``torch.compile`` each transformer block.
+    """
+
+    def __init__(
+        self,
+        optimizer: OptimizerConfig | None = None,
+        schedule: LRSchedule | None = None,
+        global_step_offset: int = 0,
+        activation_checkpointing: bool = False,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        self.optimizer_config = optimizer or OptimizerConfig()
+        self.schedule = schedule or LRSchedule()
+        self.global_step_offset = global_step_offset
+        self.activation_checkpointing = activation_checkpointing
+        self.compile_blocks = compile
+        self.tokens_seen = 0
+        self.flops_per_batch = 0.0  # read by Lightning's ThroughputMonitor for MFU
+        self._parallelized = False
+
+    def backbones(self) -> dict[str, nn.Module]:
+        """The stage's backbones by registry kind, e.g. ``{"llm": self.llm}``."""
+        raise NotImplementedError
+
+    @property
+    def pipeline_step(self) -> int:
+        """Global step along the pipeline: where this stage started plus the steps it has taken."""
+        return self.global_step_offset + self.global_step
+
+    def configure_model(self) -> None:
+        if self._parallelized:
+            return
+        mesh = None
+        if isinstance(self.trainer.strategy, ModelParallelStrategy):
+            if self.optimizer_config.name == "muon" and self.trainer.world_size > 1:
+                raise ValueError("Muon needs whole weight matrices; with FSDP2 sharding use optimizer.name=adamw.")
+            mesh = self.device_mesh["data_parallel"]
+        for module in self.backbones().values():
+            if hasattr(module, "blocks"):
+                parallelize(module, module.blocks, mesh, self.activation_checkpointing, self.compile_blocks)
+        self._parallelized = True
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = build_optimizer(self, self.optimizer_config, lr=self.schedule.peak_lr)
+        scheduler = build_lr_scheduler(optimizer, self.schedule, step_offset=self.global_step_offset)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def count_tokens(self, tokens_in_local_batch: int) -> None:
+        """Add one optimizer step's tokens (all ranks) to ``tokens_seen`` and log it with the LR."""
+        self.tokens_seen += tokens_in_local_batch * self.trainer.world_size
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else 0.0
+        self.log_dict(
+            {
+                "train/tokens_seen": float(self.tokens_seen),
+                "train/lr": lr,
+                "train/global_step": float(self.pipeline_step),
+            },
+            on_step=True,
+            on_epoch=False,
+        )
+
+    def checkpoint_metadata(self) -> dict[str, Any]:
+        """The plain-data block a later stage reads: step, schedule, backbone configs, RoPE base, tokens."""
+        backbones = self.backbones()
+        meta: dict[str, Any] = {
+            "stage": type(self).__name__,
+            "global_step": self.pipeline_step,
+            "schedule": dataclasses.asdict(self.schedule),
+            "backbones": {kind: dataclasses.asdict(module.config) for kind, module in backbones.items()},
+            "tokens_seen": self.tokens_seen,
+        }
+        if "llm" in backbones:
+            meta["rope_base"] = backbones["llm"].rope_base
+        return meta
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[META_KEY] = self.checkpoint_metadata()
+        for key in ("hyper_parameters", "datamodule_hyper_parameters"):
+            if key in checkpoint:
+                checkpoint[key] = to_plain(checkpoint[key])
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.tokens_seen = int(checkpoint.get(META_KEY, {}).get("tokens_seen", 0))
+
+    def log_losses(self, losses: dict[str, torch.Tensor], split: str, **kwargs: Any) -> None:
+        """Log every named loss term as ``<split>/<name>``."""
+        self.log_dict({f"{split}/{name}": value.detach() for name, value in losses.items()}, **kwargs)

@@ -1,0 +1,79 @@
+"""Stage 1 of the Kimi-VL recipe: text pre-training of the LLM on packed token streams."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torchmetrics import MeanMetric
+
+from mm_lightning.losses import NextTokenLoss
+from mm_lightning.optim import OptimizerConfig
+from mm_lightning.registry import build_backbone
+from mm_lightning.schedules import LRSchedule
+from mm_lightning.stages.base import StageModule
+
+
+class TextPretrainStage(StageModule):
+    """Next-token training of the ``llm`` backbone on packed text rows.
+
+    Args:
+        llm: LLM preset name in the backbone registry (``tiny``, ``small``, ``1b``, ...).
+        llm_overrides: config fields to override on the preset, e.g. ``{n_layers: 6}``.
+        optimizer: optimizer choice and hyper-parameters.
+        schedule: LR schedule piece (WSD or cosine) over the pipeline-global step.
+        global_step_offset: pipeline-global step at which this stage starts.
+        activation_checkpointing: recompute block activations in backward.
+        compile: ``torch.compile`` each block.
+    """
+
+    def __init__(
+        self,
+        llm: str = "tiny",
+        llm_overrides: dict[str, Any] | None = None,
+        optimizer: OptimizerConfig | None = None,
+        schedule: LRSchedule | None = None,
+        global_step_offset: int = 0,
+        activation_checkpointing: bool = False,
+        compile: bool = False,
+    ) -> None:
+        super().__init__(optimizer, schedule, global_step_offset, activation_checkpointing, compile)
+        self.save_hyperparameters()
+        self.llm = build_backbone("llm", llm, **(llm_overrides or {}))
+        self.loss = NextTokenLoss()
+        self.val_loss = MeanMetric()
+
+    def backbones(self) -> dict[str, torch.nn.Module]:
+        return {"llm": self.llm}
+
+    def setup(self, stage: str) -> None:
+        vocab_size = getattr(self.trainer.datamodule, "vocab_size", None) if self._trainer else None
+        if vocab_size is not None and vocab_size > self.llm.config.vocab_size:
+            raise ValueError(
+                f"The data's tokenizer has {vocab_size} tokens but the LLM's vocab_size is "
+                f"{self.llm.config.vocab_size}; set model.llm_overrides.vocab_size >= {vocab_size}."
+            )
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.llm(input_ids=batch["input_ids"], position_ids=batch["position_ids"], seq_ids=batch["seq_ids"])
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        input_ids = batch["input_ids"]  # [B, T]
+        self.flops_per_batch = self.llm.flops_per_token(input_ids.shape[1]) * input_ids.numel()
+        losses = self.loss(self(batch), batch["labels"])
+        self.log_losses(losses, "train", prog_bar=True, sync_dist=True)
+        self.count_tokens(input_ids.numel())
+        return losses["loss"]
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        losses = self.loss(self(batch), batch["labels"])
+        self.val_loss.update(losses["loss"], weight=batch["labels"].numel())
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()
+        self.val_loss.reset()
+        self.log_dict({"val/loss": loss, "val/ppl": torch.exp(loss)}, prog_bar=True, sync_dist=False)
+        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            step = self.pipeline_step
+            self.print(f"step {step}: val/loss {loss.item():.4f}  val/ppl {math.exp(loss.item()):.2f}")

@@ -1,0 +1,92 @@
+"""The LLM backbone: preset sizes, packed == unpacked, RoPE base as state, inputs_embeds."""
+
+import pytest
+import torch
+
+from mm_lightning import build_backbone
+from mm_lightning.models import LLM
+
+
+def micro(**overrides) -> LLM:
+    torch.manual_seed(0)
+    fields = dict(vocab_size=97, n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, ffn_hidden=96)
+    return build_backbone("llm", "tiny", **{**fields, **overrides}).eval()
+
+
+@pytest.mark.parametrize(
+    ("name", "expected_millions", "tolerance"),
+    [("tiny", 5.0, 0.05), ("small", 125.0, 0.05), ("1b", 1236.0, 0.01)],
+)
+def test_preset_parameter_counts(name, expected_millions, tolerance):
+    with torch.device("meta"):
+        llm = build_backbone("llm", name)
+    assert llm.num_params() / 1e6 == pytest.approx(expected_millions, rel=tolerance)
+
+
+def test_1b_has_llama_3_2_1b_shapes():
+    with torch.device("meta"):
+        llm = build_backbone("llm", "1b")
+    cfg = llm.config
+    assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.ffn_hidden) == (16, 2048, 32, 8, 8192)
+    assert cfg.rope_base == 50_000 and cfg.tie_embeddings
+
+
+def test_logits_shape_and_tied_head():
+    llm = micro()
+    logits = llm(torch.randint(0, 97, (3, 11)))
+    assert logits.shape == (3, 11, 97)
+    assert llm.lm_head.weight is llm.embed.weight
+    assert micro(tie_embeddings=False).lm_head.weight is not micro(tie_embeddings=False).embed.weight
+
+
+def test_packed_row_equals_documents_alone():
+    llm = micro()
+    docs = [torch.randint(1, 97, (n,)) for n in (5, 9, 2)]
+    packed = torch.cat(docs)[None]  # [1, 16]
+    seq_ids = torch.cat([torch.full((len(d),), i) for i, d in enumerate(docs)])[None]
+    with torch.no_grad():
+        packed_logits = llm(packed, seq_ids=seq_ids)[0]
+        alone = torch.cat([llm(d[None])[0] for d in docs])
+    torch.testing.assert_close(packed_logits, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_packing_without_seq_ids_leaks_across_documents():
+    """Guards the test above: without boundaries the second document's logits do change."""
+    llm = micro()
+    a, b = torch.randint(1, 97, (6,)), torch.randint(1, 97, (6,))
+    with torch.no_grad():
+        leaked = llm(torch.cat([a, b])[None])[0, 6:]
+        alone = llm(b[None])[0]
+    assert not torch.allclose(leaked, alone, atol=1e-3)
+
+
+def test_rope_base_is_run_time_state_that_travels_in_the_state_dict():
+    llm = micro()
+    ids = torch.randint(0, 97, (1, 32))
+    with torch.no_grad():
+        before = llm(ids)
+        llm.set_rope_base(800_000)
+        after = llm(ids)
+    assert not torch.allclose(before, after)
+    reloaded = micro()
+    assert reloaded.rope_base == 50_000
+    reloaded.load_state_dict(llm.state_dict())
+    assert reloaded.rope_base == 800_000
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids), after)
+    with pytest.raises(ValueError, match="positive"):
+        llm.set_rope_base(0)
+
+
+def test_inputs_embeds_equals_input_ids():
+    llm = micro()
+    ids = torch.randint(0, 97, (2, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(llm(inputs_embeds=llm.embed(ids)), llm(input_ids=ids))
+    with pytest.raises(ValueError, match="exactly one"):
+        llm()
+
+
+def test_bad_shapes_fail_clearly():
+    with pytest.raises(ValueError, match="not a multiple of n_kv_heads"):
+        micro(n_kv_heads=3)

@@ -1,0 +1,64 @@
+"""LR schedules: values at the key steps, computed by hand."""
+
+import pytest
+import torch
+
+from mm_lightning.schedules import LRSchedule, build_lr_scheduler, lr_at
+
+
+def wsd(**kw):
+    fields = dict(kind="wsd", peak_lr=1.0, min_lr=0.1, warmup_steps=10, total_steps=100, decay_steps=20)
+    return LRSchedule(**{**fields, **kw})
+
+
+def test_wsd_key_steps():
+    s = wsd()
+    assert lr_at(s, 0) == 0.0
+    assert lr_at(s, 5) == pytest.approx(0.5)
+    assert lr_at(s, 10) == 1.0
+    assert lr_at(s, 79) == 1.0  # still stable
+    assert lr_at(s, 80) == 1.0  # decay starts
+    assert lr_at(s, 90) == pytest.approx(0.55)  # halfway, linear: 0.1 + 0.9 * 0.5
+    assert lr_at(s, 100) == pytest.approx(0.1)
+    assert lr_at(s, 5000) == pytest.approx(0.1)  # floor after the end
+
+
+def test_wsd_default_decay_is_last_fifth_and_cosine_shape():
+    s = wsd(decay_steps=None, decay_shape="cosine")
+    assert s.wsd_decay_steps == 20
+    assert lr_at(s, 90) == pytest.approx(0.55)  # cosine midpoint equals linear midpoint
+    assert lr_at(s, 85) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + 0.7071067811865476))
+
+
+def test_cosine_key_steps():
+    s = LRSchedule(kind="cosine", peak_lr=2.0, min_lr=0.0, warmup_steps=0, total_steps=100)
+    assert lr_at(s, 0) == 2.0
+    assert lr_at(s, 50) == pytest.approx(1.0)
+    assert lr_at(s, 100) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_start_step_and_start_lr_shift_the_piece():
+    s = wsd(start_step=1000, start_lr=0.4)
+    assert lr_at(s, 1000) == pytest.approx(0.4)
+    assert lr_at(s, 1005) == pytest.approx(0.7)
+    assert lr_at(s, 1050) == 1.0
+
+
+def test_bad_schedules_fail():
+    with pytest.raises(ValueError, match="warmup_steps"):
+        wsd(warmup_steps=200)
+    with pytest.raises(ValueError, match="exceed"):
+        wsd(warmup_steps=90, decay_steps=20)
+
+
+def test_torch_scheduler_follows_the_global_step():
+    s = wsd(peak_lr=0.5, min_lr=0.05)
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=s.peak_lr)
+    sched = build_lr_scheduler(opt, s, step_offset=85)  # a stage resuming at global step 85
+    seen = []
+    for _ in range(5):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx([lr_at(s, 85 + i) for i in range(5)])
