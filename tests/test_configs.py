@@ -1,0 +1,50 @@
+"""Every YAML under configs/ parses through the CLI (config drift is caught with no compute)."""
+
+from pathlib import Path
+
+import pytest
+
+from mm_lightning.cli import MMLightningCLI, build_cli
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+STAGE_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if "model:" in p.read_text())
+OVERLAYS = sorted(p for p in CONFIGS.rglob("*.yaml") if "model:" not in p.read_text())
+
+
+class ParseOnlyCLI(MMLightningCLI):
+    """Parses and validates a config but instantiates nothing (GPU configs parse on a CPU machine)."""
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def parse(*config_files: Path) -> ParseOnlyCLI:
+    args = ["fit"] + [arg for path in config_files for arg in ("--config", str(path))]
+    return ParseOnlyCLI(
+        model_class=None, subclass_mode_model=True, subclass_mode_data=True, args=args, run=True,
+        auto_configure_optimizers=False,
+    )  # fmt: skip
+
+
+def test_there_are_configs():
+    assert STAGE_CONFIGS and OVERLAYS
+
+
+@pytest.mark.parametrize("path", STAGE_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_stage_config_parses(path, monkeypatch):
+    monkeypatch.setattr(ParseOnlyCLI, "_run_subcommand", lambda self, subcommand: None)
+    cli = parse(path)
+    assert cli.config["fit"]["model"]["class_path"].startswith("mm_lightning.stages.")
+
+
+@pytest.mark.parametrize("path", OVERLAYS, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_overlay_stacks_on_the_tiny_config(path, monkeypatch):
+    monkeypatch.setattr(ParseOnlyCLI, "_run_subcommand", lambda self, subcommand: None)
+    parse(CONFIGS / "text_pretrain" / "tiny.yaml", path)
+
+
+def test_tiny_config_instantiates(mm_cache):
+    cli = build_cli(["--config", str(CONFIGS / "text_pretrain" / "tiny.yaml")], run=False)
+    assert type(cli.model).__name__ == "TextPretrainStage"
+    assert cli.model.llm.config.vocab_size == 8192
+    assert any(type(cb).__name__ == "TokenThroughputMonitor" for cb in cli.trainer.callbacks)
