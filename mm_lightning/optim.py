@@ -46,7 +46,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
             momentum=config.muon_momentum,
             adjust_lr_fn="match_rms_adamw",
         )
-        self.adamw = torch.optim.AdamW(adamw_groups, lr=lr, betas=config.betas, eps=config.eps)
+        self.adamw = build_adamw(adamw_groups, lr, config)
         super().__init__(self.muon.param_groups + self.adamw.param_groups, defaults={"lr": lr})
 
     @torch.no_grad()
@@ -65,6 +65,18 @@ class MuonWithAdamW(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.muon.load_state_dict(state_dict["muon"])
         self.adamw.load_state_dict(state_dict["adamw"])
+
+
+def build_adamw(groups: list[dict[str, Any]], lr: float, config: OptimizerConfig) -> torch.optim.AdamW:
+    """``torch.optim.AdamW`` over ``groups``, with the fused kernel where it runs.
+
+    PyTorch picks the fused (one kernel per parameter) implementation only when asked; its default is a
+    for-loop on CPU (five times slower there) and ``foreach`` on CUDA. Sharded (``DTensor``) parameters and
+    other devices keep PyTorch's default.
+    """
+    params = [param for group in groups for param in group["params"]]
+    fused = all(type(p) is nn.Parameter and p.device.type in ("cpu", "cuda") for p in params) or None
+    return torch.optim.AdamW(groups, lr=lr, betas=config.betas, eps=config.eps, fused=fused)
 
 
 def build_optimizer(model: nn.Module, config: OptimizerConfig, lr: float) -> torch.optim.Optimizer:
@@ -88,7 +100,7 @@ def build_optimizer(model: nn.Module, config: OptimizerConfig, lr: float) -> tor
     if config.name == "adamw":
         groups = [{"params": hidden_matrices + decay, "weight_decay": config.weight_decay}]
         groups.append({"params": no_decay, "weight_decay": 0.0})
-        return torch.optim.AdamW(groups, lr=lr, betas=config.betas, eps=config.eps)
+        return build_adamw(groups, lr, config)
     if config.name == "muon":
         adamw_groups = [
             {"params": decay, "weight_decay": config.weight_decay},

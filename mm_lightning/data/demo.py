@@ -1,0 +1,91 @@
+"""Packaged demo corpora, prepared on first use into a local cache.
+
+``"demo:sotu"`` is the U.S. State of the Union addresses 1790-2021 (233 documents, 10.7 MB of text, public
+domain; see ``demo_data/sotu/PROVENANCE.md``), small enough to train a tiny LLM on a laptop CPU. The prepared
+shards live in ``$MM_LIGHTNING_CACHE/demo/<name>-<version>`` (default ``~/.cache/mm_lightning``); a build goes
+to a temporary folder next to it and is renamed into place when complete, so an interrupted build never
+leaves a half-written cache, and concurrent builds (several ranks) keep the first finished one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+DEMO_PREFIX = "demo:"
+_PACKAGE_DIR = Path(__file__).resolve().parent / "demo_data"
+
+
+@dataclass(frozen=True)
+class DemoText:
+    """A packaged text corpus and how to prepare it."""
+
+    source: Path
+    """The packaged corpus file."""
+    version: str
+    """Bumped whenever the corpus or the recipe below changes, so stale caches are not reused."""
+    vocab_size: int = 8192
+    """Size of the BPE tokenizer trained on the corpus."""
+    val_fraction: float = 0.02
+    """Share of documents held out for validation."""
+
+
+DEMO_TEXTS = {"sotu": DemoText(source=_PACKAGE_DIR / "sotu" / "sotu.jsonl.gz", version="v1")}
+
+
+def is_demo_name(data_path: str) -> bool:
+    """Whether ``data_path`` names a demo corpus (``"demo:<name>"``)."""
+    return str(data_path).startswith(DEMO_PREFIX)
+
+
+def cache_root() -> Path:
+    """``$MM_LIGHTNING_CACHE``, or ``~/.cache/mm_lightning``."""
+    return Path(os.environ.get("MM_LIGHTNING_CACHE") or "~/.cache/mm_lightning").expanduser()
+
+
+def _demo(name: str) -> tuple[str, DemoText]:
+    short = name[len(DEMO_PREFIX) :] if is_demo_name(name) else name
+    if short not in DEMO_TEXTS:
+        raise ValueError(f"Unknown demo {name!r}; available: {', '.join(DEMO_PREFIX + n for n in DEMO_TEXTS)}")
+    return short, DEMO_TEXTS[short]
+
+
+def demo_dir(name: str) -> Path:
+    """The cache folder of a demo corpus (which may not be built yet)."""
+    short, demo = _demo(name)
+    return cache_root() / "demo" / f"{short}-{demo.version}"
+
+
+def ensure_demo_text(name: str) -> Path:
+    """The prepared folder of a demo corpus (``"demo:sotu"`` or ``"sotu"``), built on first use.
+
+    Returns:
+        A folder with ``tokenizer.json``, ``train/``, ``val/`` and ``prep_summary.json``.
+    """
+    from mm_lightning.data.text_prep import prepare_text_shards
+
+    _, demo = _demo(name)
+    target = demo_dir(name)
+    if (target / "prep_summary.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{target.name}-building-", dir=target.parent))
+    try:
+        prepare_text_shards(
+            [demo.source], building, vocab_size=demo.vocab_size, val_fraction=demo.val_fraction, progress=False
+        )
+        _move_into_place(building, target)
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return target
+
+
+def _move_into_place(building: Path, target: Path) -> None:
+    try:
+        os.rename(building, target)  # atomic within one filesystem
+    except OSError:
+        if not (target / "prep_summary.json").is_file():  # not a concurrent build that won the race
+            raise

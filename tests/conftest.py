@@ -1,0 +1,24 @@
+"""Shared fixtures: an isolated mm_lightning cache with the demo corpus prepared once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def mm_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A session-wide ``MM_LIGHTNING_CACHE`` in a temporary folder (set for the rest of the session)."""
+    root = tmp_path_factory.mktemp("mm_lightning_cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MM_LIGHTNING_CACHE", str(root))
+        yield root
+
+
+@pytest.fixture(scope="session")
+def demo_sotu(mm_cache: Path) -> Path:
+    """The ``demo:sotu`` shards, built once into ``mm_cache`` (so ``TextDataModule("demo:sotu")`` finds them)."""
+    from mm_lightning.data.demo import ensure_demo_text
+
+    return ensure_demo_text("demo:sotu")
