@@ -115,5 +115,7 @@ class StageModule(pl.LightningModule):
         self.tokens_seen = int(checkpoint.get(META_KEY, {}).get("tokens_seen", 0))
 
     def log_losses(self, losses: dict[str, torch.Tensor], split: str, **kwargs: Any) -> None:
-        """Log every named loss term as ``<split>/<name>``."""
-        self.log_dict({f"{split}/{name}": value.detach() for name, value in losses.items()}, **kwargs)
+        """Log every named loss term as ``<split>/<name>``; the progress bar shows the total only."""
+        terms = {f"{split}/{name}": value.detach() for name, value in losses.items() if name != "loss"}
+        self.log_dict(terms, **kwargs)
+        self.log(f"{split}/loss", losses["loss"].detach(), prog_bar=True, **kwargs)

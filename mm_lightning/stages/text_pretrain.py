@@ -62,7 +62,7 @@ class TextPretrainStage(StageModule):
         input_ids = batch["input_ids"]  # [B, T]
         self.flops_per_batch = self.llm.flops_per_token(input_ids.shape[1]) * input_ids.numel()
         losses = self.loss(self(batch), batch["labels"])
-        self.log_losses(losses, "train", prog_bar=True, sync_dist=True)
+        self.log_losses(losses, "train", sync_dist=True)
         self.count_tokens(input_ids.numel())
         return losses["loss"]
 
