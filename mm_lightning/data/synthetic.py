@@ -6,11 +6,13 @@ data for the same index, which is what "FSDP == single process" tests need.
 
 from __future__ import annotations
 
+from functools import partial
+
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from mm_lightning.ops.packing import position_ids_from_seq_ids, seq_ids_from_eod
+from mm_lightning.data.text import collate_token_blocks
 
 
 class SyntheticTextDataset(Dataset):
@@ -23,23 +25,11 @@ class SyntheticTextDataset(Dataset):
     def __len__(self) -> int:
         return self.num_rows
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, index: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
         row = torch.randint(1, self.vocab_size, (self.seq_len + 1,), generator=generator)
         row[torch.rand(self.seq_len + 1, generator=generator) < 1.0 / self.mean_doc_len] = 0  # EOD
-        return make_text_sample(row, eod_id=0)
-
-
-def make_text_sample(row: torch.Tensor, eod_id: int) -> dict[str, torch.Tensor]:
-    """Inputs, shifted labels, packed-document ids and positions from one ``[T + 1]`` token row."""
-    input_ids, labels = row[:-1], row[1:]
-    seq_ids = seq_ids_from_eod(input_ids[None], eod_id)[0]
-    return {
-        "input_ids": input_ids,
-        "labels": labels,
-        "seq_ids": seq_ids,
-        "position_ids": position_ids_from_seq_ids(seq_ids[None])[0],
-    }
+        return row  # [T + 1]
 
 
 class SyntheticTextDataModule(pl.LightningDataModule):
@@ -74,4 +64,5 @@ class SyntheticTextDataModule(pl.LightningDataModule):
         if self.trainer is not None and self.trainer.world_size > 1:
             kwargs = self.trainer.strategy.distributed_sampler_kwargs
             sampler = DistributedSampler(dataset, **kwargs, shuffle=False, drop_last=drop_last)
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=drop_last)
+        collate = partial(collate_token_blocks, eod_id=0)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=drop_last, collate_fn=collate)
