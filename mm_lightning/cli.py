@@ -7,6 +7,8 @@ Lightning's other subcommands (``validate``, ``test``, ``predict``) work the sam
 
 from __future__ import annotations
 
+import warnings
+
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -37,6 +39,9 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> MMLightningCLI
 
 def main() -> None:
     """Entry point of the ``mm-lightning`` console script."""
+    # deprecation noise from inside Lightning and litdata, not actionable by users of the command
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    warnings.filterwarnings("ignore", message="The given buffer is not writable")
     build_cli()
 
 

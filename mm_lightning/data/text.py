@@ -145,9 +145,12 @@ class TextDataModule(L.LightningDataModule):
             check_prepared_dir(Path(root))
         loader = partial(TokensLoader, block_size=self.seq_len + 1)
         cache = {"cache_dir": self.cache_dir} if is_remote(root) and self.cache_dir else {}
+        # "full": permute all blocks of a chunk, not litdata's default windows of 256 consecutive blocks, which
+        # feed tens of steps from one stretch of the corpus (in the demo, one era of speeches) and bias the run
         self.train_dataset = StreamingDataset(
-            f"{root}/train", item_loader=loader(), shuffle=True, drop_last=True, seed=self.seed, **cache
-        )
+            f"{root}/train", item_loader=loader(), shuffle=True, drop_last=True, seed=self.seed,
+            item_shuffle_window="full", **cache,
+        )  # fmt: skip
         self.val_dataset = StreamingDataset(f"{root}/val", item_loader=loader(), shuffle=False, **cache)
         self._check_blocks(root)
 
