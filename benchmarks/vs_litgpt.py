@@ -25,7 +25,8 @@ import chain needs that the project's environment lacks, into a scratch folder::
 then run::
 
     python benchmarks/vs_litgpt.py --litgpt-path /tmp/litgpt_site            # eager
-    python benchmarks/vs_litgpt.py --litgpt-path /tmp/litgpt_site --compile  # both sides compiled per block
+    python benchmarks/vs_litgpt.py --litgpt-path /tmp/litgpt_site --compile both  # both compiled per block
+    python benchmarks/vs_litgpt.py --litgpt-path /tmp/litgpt_site --compile ours  # our compile switch on
 """
 
 from __future__ import annotations
@@ -65,7 +66,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3, help="unmeasured warm-up steps of each side")
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--compile", action="store_true", help="torch.compile each block, on both sides")
+    parser.add_argument(
+        "--compile",
+        choices=["none", "ours", "both"],
+        default="none",
+        help="torch.compile each block: on neither side, on ours only (our config switch), or on both",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     return parser.parse_args()
@@ -157,7 +163,10 @@ def main() -> None:
     torch.manual_seed(args.seed)
     tokens = torch.randint(0, SHAPE["vocab_size"], (args.batch_size, args.seq_len + 1))
     batch = (tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous())
-    sides = {"ours": build_ours(args.compile), "litgpt": build_litgpt(litgpt, args.seq_len, args.compile)}
+    sides = {
+        "ours": build_ours(args.compile in ("ours", "both")),
+        "litgpt": build_litgpt(litgpt, args.seq_len, args.compile == "both"),
+    }
     params = {name: sum(p.numel() for p in side[0].parameters()) for name, side in sides.items()}
     if params["ours"] != params["litgpt"]:
         sys.exit(f"The two models differ in size: {params}")
@@ -203,7 +212,9 @@ def _litgpt_version() -> str:
 
 
 def print_report(result: dict) -> None:
-    mode = "compiled per block" if result["compile"] else "eager"
+    mode = {"none": "eager", "ours": "ours compiled per block, litgpt eager", "both": "both compiled per block"}[
+        result["compile"]
+    ]
     tokens = result["seq_len"] * result["batch_size"]
     print(
         f"\n{result['params'] / 1e6:.2f}M params, batch {result['batch_size']} x {result['seq_len']}, fp32, {mode}, "
