@@ -16,12 +16,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from mm_lightning.errors import MMLightningError
 from mm_lightning.registry import build_from_config, config_from_dict
 
 META_KEY = "mm_lightning"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(MMLightningError, RuntimeError):
     """A checkpoint is missing, unreadable, or does not fit what loads it."""
 
 

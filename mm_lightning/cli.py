@@ -7,12 +7,14 @@ Lightning's other subcommands (``validate``, ``test``, ``predict``) work the sam
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from mm_lightning.callbacks import TokenThroughputMonitor
+from mm_lightning.errors import MMLightningError
 from mm_lightning.stages import StageModule
 
 
@@ -42,7 +44,26 @@ def main() -> None:
     # deprecation noise from inside Lightning and litdata, not actionable by users of the command
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     warnings.filterwarnings("ignore", message="The given buffer is not writable")
-    build_cli()
+    try:
+        build_cli()
+    except Exception as error:
+        user_error = find_user_error(error)
+        if user_error is None:
+            raise
+        print(f"mm-lightning: error: {user_error}", file=sys.stderr)  # a user's mistake: one line, no traceback
+        raise SystemExit(2) from None
+
+
+def find_user_error(error: BaseException) -> MMLightningError | None:
+    """The project error behind ``error``, also when jsonargparse re-raised it while instantiating a class."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, MMLightningError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from mm_lightning.errors import ConfigError
+
 
 @dataclass
 class OptimizerConfig:
@@ -107,4 +109,4 @@ def build_optimizer(model: nn.Module, config: OptimizerConfig, lr: float) -> tor
             {"params": no_decay, "weight_decay": 0.0},
         ]
         return MuonWithAdamW(hidden_matrices, adamw_groups, lr, config)
-    raise ValueError(f"Unknown optimizer {config.name!r}; choose 'adamw' or 'muon'.")
+    raise ConfigError(f"Unknown optimizer {config.name!r}; choose 'adamw' or 'muon'.")

@@ -27,6 +27,8 @@ from typing import Any
 
 from torch import nn
 
+from mm_lightning.errors import ConfigError
+
 
 @dataclass
 class _Kind:
@@ -75,7 +77,7 @@ def get_preset(kind: str, name: str) -> Any:
     """A fresh copy of the preset's config dataclass (mutating it never changes the registry)."""
     presets = _kind(kind).presets
     if name not in presets:
-        raise KeyError(f"Unknown {kind} preset {name!r}; known presets: {', '.join(sorted(presets))}.")
+        raise ConfigError(f"Unknown {kind} preset {name!r}; known presets: {', '.join(sorted(presets))}.")
     return presets[name]()
 
 
@@ -85,7 +87,7 @@ def resolve_config(kind: str, name: str, **overrides: Any) -> Any:
     settable = {f.name for f in dataclasses.fields(config) if f.init}
     unknown = sorted(set(overrides) - settable)
     if unknown:
-        raise TypeError(f"Unknown {kind} config field(s) {unknown}; known fields: {', '.join(sorted(settable))}.")
+        raise ConfigError(f"Unknown {kind} config field(s) {unknown}; known fields: {', '.join(sorted(settable))}.")
     return dataclasses.replace(config, **overrides)
 
 
@@ -109,7 +111,7 @@ def build_from_config(kind: str, config: Any) -> nn.Module:
 def _kind(kind: str) -> _Kind:
     _import_builtin_backbones()
     if kind not in _KINDS:
-        raise KeyError(f"Unknown backbone kind {kind!r}; known kinds: {', '.join(sorted(_KINDS))}.")
+        raise ConfigError(f"Unknown backbone kind {kind!r}; known kinds: {', '.join(sorted(_KINDS))}.")
     return _KINDS[kind]
 
 

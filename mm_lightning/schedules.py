@@ -18,6 +18,8 @@ from typing import Literal
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from mm_lightning.errors import ConfigError
+
 
 @dataclass
 class LRSchedule:
@@ -44,12 +46,12 @@ class LRSchedule:
 
     def __post_init__(self) -> None:
         if self.total_steps <= 0 or self.warmup_steps < 0 or self.warmup_steps > self.total_steps:
-            raise ValueError(
+            raise ConfigError(
                 f"LRSchedule needs 0 <= warmup_steps <= total_steps and total_steps > 0 "
                 f"(got warmup_steps={self.warmup_steps}, total_steps={self.total_steps})"
             )
         if self.kind == "wsd" and self.warmup_steps + self.wsd_decay_steps > self.total_steps:
-            raise ValueError(
+            raise ConfigError(
                 f"WSD warmup_steps ({self.warmup_steps}) + decay_steps ({self.wsd_decay_steps}) exceed "
                 f"total_steps ({self.total_steps})"
             )

@@ -1,5 +1,8 @@
 """Every YAML under configs/ parses through the CLI (config drift is caught with no compute)."""
 
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,3 +51,19 @@ def test_tiny_config_instantiates(mm_cache):
     assert type(cli.model).__name__ == "TextPretrainStage"
     assert cli.model.llm.config.vocab_size == 8192
     assert any(type(cb).__name__ == "TokenThroughputMonitor" for cb in cli.trainer.callbacks)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("--model.init_args.llm=tinyy", "Unknown llm preset 'tinyy'; known presets: 1b, small, tiny"),
+        ("--model.init_args.llm_overrides={n_layer: 3}", r"Unknown llm config field\(s\) \['n_layer'\]"),
+        ("--data.init_args.data_path=/nonexistent/shards", "/nonexistent/shards"),
+    ],
+)
+def test_cli_config_mistakes_get_one_clear_line(tmp_path, mm_cache, override, message):
+    cmd = [sys.executable, "-m", "mm_lightning.cli", "fit", "--config", str(CONFIGS / "text_pretrain" / "tiny.yaml")]
+    run = subprocess.run([*cmd, override], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2
+    assert re.search(message, run.stderr), run.stderr[-2000:]
+    assert "Traceback" not in run.stderr

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from mm_lightning import build_backbone, get_preset, list_backbones, register_backbone, register_preset
+from mm_lightning.errors import ConfigError
 from mm_lightning.models import LLM, LLMConfig
 from mm_lightning.registry import resolve_config
 
@@ -32,16 +33,16 @@ def test_get_preset_returns_a_copy():
 
 
 def test_unknown_names_list_the_known_ones():
-    with pytest.raises(KeyError, match="known presets: 1b, small, tiny"):
+    with pytest.raises(ConfigError, match="known presets: 1b, small, tiny"):
         get_preset("llm", "huge")
-    with pytest.raises(KeyError, match="known kinds: .*llm"):
+    with pytest.raises(ConfigError, match="known kinds: .*llm"):
         build_backbone("nope", "tiny")
-    with pytest.raises(TypeError, match=r"Unknown llm config field\(s\) \['n_layer'\]; known fields: .*n_layers"):
+    with pytest.raises(ConfigError, match=r"Unknown llm config field\(s\) \['n_layer'\]; known fields: .*n_layers"):
         resolve_config("llm", "tiny", n_layer=3)
 
 
 def test_derived_fields_are_not_overridable_and_recomputed():
-    with pytest.raises(TypeError, match="head_dim"):
+    with pytest.raises(ConfigError, match="head_dim"):
         resolve_config("llm", "tiny", head_dim=16)
     assert resolve_config("llm", "tiny", d_model=512).head_dim == 64
 

@@ -15,6 +15,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from mm_lightning.errors import ConfigError
+
 DEMO_PREFIX = "demo:"
 _PACKAGE_DIR = Path(__file__).resolve().parent / "demo_data"
 
@@ -49,7 +51,7 @@ def cache_root() -> Path:
 def _demo(name: str) -> tuple[str, DemoText]:
     short = name[len(DEMO_PREFIX) :] if is_demo_name(name) else name
     if short not in DEMO_TEXTS:
-        raise ValueError(f"Unknown demo {name!r}; available: {', '.join(DEMO_PREFIX + n for n in DEMO_TEXTS)}")
+        raise ConfigError(f"Unknown demo {name!r}; available: {', '.join(DEMO_PREFIX + n for n in DEMO_TEXTS)}")
     return short, DEMO_TEXTS[short]
 
 

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from mm_lightning.data import tokenizer as tokenizer_lib
 from mm_lightning.data.demo import ensure_demo_text, is_demo_name
+from mm_lightning.errors import ConfigError, DataError
 from mm_lightning.ops.packing import position_ids_from_seq_ids, seq_ids_from_eod
 
 
@@ -158,7 +159,7 @@ class TextDataModule(L.LightningDataModule):
         block = self.seq_len + 1
         for split, dataset, needed in (("val", self.val_dataset, 1), ("train", self.train_dataset, self.batch_size)):
             if len(dataset) < needed:
-                raise ValueError(
+                raise ConfigError(
                     f"The {split} split of {root} gives {len(dataset)} blocks of seq_len + 1 = {block} tokens "
                     f"({describe_split(root, split)}; a block never spans two chunks), fewer than the {needed} "
                     f"needed. Lower seq_len, or prepare more data (--val-fraction for val)."
@@ -204,7 +205,7 @@ def check_prepared_dir(root: Path) -> None:
     if not root.is_dir():
         missing = ["the folder itself"]
     if missing:
-        raise FileNotFoundError(
+        raise DataError(
             f"{root} is not a prepared text dataset: missing {', '.join(missing)}. "
             f"Create one with: python data_prep/prepare_text.py YOUR_CORPUS --output {root}"
         )

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, NamedTuple
 
+from mm_lightning.errors import MMLightningError
+
 SUFFIXES = {
     ".txt": "txt",
     ".txt.gz": "txt",
@@ -30,7 +32,7 @@ SKIP_REASONS = {
 }
 
 
-class TextPrepError(Exception):
+class TextPrepError(MMLightningError):
     """A corpus that cannot be prepared (no documents, or a bad record under ``strict``); the message says why."""
 
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mm_lightning.errors import ConfigError
 from mm_lightning.ops.attention import attention
 from mm_lightning.ops.packing import position_ids_from_seq_ids
 from mm_lightning.ops.rope import apply_rope, rope_cos_sin
@@ -53,12 +54,12 @@ class LLMConfig:
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
-            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+            raise ConfigError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+            raise ConfigError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
         self.head_dim = self.d_model // self.n_heads
         if self.head_dim % 2:
-            raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
+            raise ConfigError(f"head_dim={self.head_dim} must be even for RoPE")
 
 
 class Attention(nn.Module):

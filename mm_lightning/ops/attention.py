@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mm_lightning.errors import ConfigError
 from mm_lightning.ops.packing import dense_mask_from_seq_ids, seqlens_from_seq_ids
 
 AttentionBackend = Literal["auto", "sdpa", "xformers"]
@@ -39,11 +40,11 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         ValueError: for an unknown name, or ``xformers`` where it cannot run.
     """
     if backend not in BACKENDS:
-        raise ValueError(f"Unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
+        raise ConfigError(f"Unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
     if backend == "auto":
         return "xformers" if device.type == "cuda" and xformers_available() else "sdpa"
     if backend == "xformers" and (device.type != "cuda" or not xformers_available()):
-        raise ValueError(
+        raise ConfigError(
             f"attention backend 'xformers' needs a CUDA device with xformers installed (got device {device}); "
             "use 'sdpa' or 'auto'."
         )

@@ -16,6 +16,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
 from mm_lightning.checkpoint import META_KEY, to_plain
+from mm_lightning.errors import ConfigError
 from mm_lightning.optim import OptimizerConfig, build_optimizer
 from mm_lightning.parallel import parallelize
 from mm_lightning.schedules import LRSchedule, build_lr_scheduler
@@ -65,7 +66,7 @@ class StageModule(pl.LightningModule):
         mesh = None
         if isinstance(self.trainer.strategy, ModelParallelStrategy):
             if self.optimizer_config.name == "muon" and self.trainer.world_size > 1:
-                raise ValueError("Muon needs whole weight matrices; with FSDP2 sharding use optimizer.name=adamw.")
+                raise ConfigError("Muon needs whole weight matrices; with FSDP2 sharding use optimizer.name=adamw.")
             mesh = self.device_mesh["data_parallel"]
         for module in self.backbones().values():
             if hasattr(module, "blocks"):

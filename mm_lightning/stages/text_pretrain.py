@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torchmetrics import MeanMetric
 
+from mm_lightning.errors import ConfigError
 from mm_lightning.losses import NextTokenLoss
 from mm_lightning.optim import OptimizerConfig
 from mm_lightning.registry import build_backbone
@@ -50,7 +51,7 @@ class TextPretrainStage(StageModule):
     def setup(self, stage: str) -> None:
         vocab_size = getattr(self.trainer.datamodule, "vocab_size", None) if self._trainer else None
         if vocab_size is not None and vocab_size > self.llm.config.vocab_size:
-            raise ValueError(
+            raise ConfigError(
                 f"The data's tokenizer has {vocab_size} tokens but the LLM's vocab_size is "
                 f"{self.llm.config.vocab_size}; set model.llm_overrides.vocab_size >= {vocab_size}."
             )
