@@ -75,6 +75,5 @@ class TextPretrainStage(StageModule):
         loss = self.val_loss.compute()
         self.val_loss.reset()
         self.log_dict({"val/loss": loss, "val/ppl": torch.exp(loss)}, prog_bar=True, sync_dist=False)
-        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            step = self.pipeline_step
-            self.print(f"step {step}: val/loss {loss.item():.4f}  val/ppl {math.exp(loss.item()):.2f}")
+        when = "sanity check before training" if self.trainer.sanity_checking else f"step {self.pipeline_step}"
+        self.print(f"{when}: val/loss {loss.item():.4f}  val/ppl {math.exp(loss.item()):.2f}")
