@@ -1,4 +1,4 @@
-"""Throughput (tokens/s, FLOP/s and, on GPUs Lightning knows, MFU) for dict batches of packed rows.
+"""Throughput (tokens/s, FLOP/s and, on GPUs Lightning knows, MFU) for the stages' dict batches.
 
 A thin specialisation of Lightning's ``ThroughputMonitor``: it knows how to count rows and tokens in
 our batches; the FLOPs come from the stage's ``flops_per_batch``.
@@ -12,13 +12,15 @@ from lightning.pytorch.callbacks import ThroughputMonitor
 
 
 def rows_in_batch(batch: dict[str, Any]) -> int:
-    """Rows (packed sequences) in a batch."""
-    return batch["input_ids"].shape[0]
+    """Samples in a batch: packed text rows, or image-caption pairs."""
+    return batch["input_ids"].shape[0] if "input_ids" in batch else batch["caption_ids"].shape[0]
 
 
 def tokens_in_batch(batch: dict[str, Any]) -> int:
-    """Token positions in a batch."""
-    return batch["input_ids"].numel()
+    """Positions a batch computes on: text tokens, or image patches plus caption tokens."""
+    if "input_ids" in batch:
+        return batch["input_ids"].numel()
+    return batch["patches"].shape[1] + batch["caption_ids"].numel()
 
 
 class TokenThroughputMonitor(ThroughputMonitor):

@@ -1,5 +1,7 @@
 """Pure ``nn.Module`` backbones (no Lightning); importing this package registers them."""
 
+from mm_lightning.models.coca import CoCaConfig, CoCaHeads
 from mm_lightning.models.llm import LLM, LLMConfig
+from mm_lightning.models.vit import ViT, ViTConfig
 
-__all__ = ["LLM", "LLMConfig"]
+__all__ = ["CoCaConfig", "CoCaHeads", "LLM", "LLMConfig", "ViT", "ViTConfig"]

@@ -1,8 +1,9 @@
-"""Rotary position embeddings (RoFormer, Su et al. 2021) with a base that may change at run time.
+"""Rotary position embeddings (RoFormer, Su et al. 2021) with a base that may change at run time; 1-D and 2-D.
 
 The cos/sin tables are computed from ``position_ids`` on every call rather than cached at build time,
 so switching the base (Kimi-VL's long-context stage: 50,000 -> 800,000) or the sequence length needs
-no rebuild, and packed rows (positions restarting per document) cost nothing extra.
+no rebuild, and packed rows (positions restarting per document) cost nothing extra. Image patches use a
+2-D variant (:func:`rope_2d_cos_sin`): half of the frequency pairs follow the patch row, half the column.
 """
 
 from __future__ import annotations
@@ -35,3 +36,39 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
+
+
+def grid_position_ids(grid_hw: Tensor) -> Tensor:
+    """(row, column) of every patch of packed row-major image grids. ``[n, 2] -> [N, 2]`` int64."""
+    counts = grid_hw.prod(dim=1)  # [n] patches per image
+    starts = torch.cumsum(counts, dim=0) - counts  # [n]
+    local = torch.arange(int(counts.sum()), device=grid_hw.device) - torch.repeat_interleave(starts, counts)  # [N]
+    widths = torch.repeat_interleave(grid_hw[:, 1], counts)  # [N]
+    return torch.stack((local // widths, local % widths), dim=-1)
+
+
+def rope_2d_cos_sin(grid_hw: Tensor, head_dim: int, base: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Cos/sin tables for 2-D rotary positions of packed image patches (MoonViT, Qwen2-VL style).
+
+    Half of the rotary frequency pairs turn with the patch's row, the other half with its column, each
+    half a 1-D RoPE of width ``head_dim // 2``; positions restart at (0, 0) in every image. The tables
+    use the half-split layout of :func:`apply_rope`.
+
+    Args:
+        grid_hw: ``[n_images, 2]`` patch grids ``(h, w)`` in packing order.
+        head_dim: per-head width, a multiple of 4.
+        base: RoPE base (theta).
+        dtype: dtype of the returned tables.
+
+    Returns:
+        ``(cos, sin)``, each ``[1, 1, N, head_dim]`` with ``N = sum(h * w)``.
+    """
+    if head_dim % 4:
+        raise ValueError(f"2-D RoPE needs head_dim divisible by 4, got {head_dim}")
+    axis_dim = head_dim // 2
+    exponent = torch.arange(0, axis_dim, 2, device=grid_hw.device, dtype=torch.float32) / axis_dim
+    inv_freq = 1.0 / (base**exponent)  # [D/4]
+    positions = grid_position_ids(grid_hw).float()  # [N, 2]
+    angles = (positions[:, :, None] * inv_freq).flatten(1)  # [N, D/2]: row frequencies, then column ones
+    angles = torch.cat((angles, angles), dim=-1)[None, None]  # [1, 1, N, D]
+    return angles.cos().to(dtype), angles.sin().to(dtype)

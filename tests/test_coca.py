@@ -1,0 +1,159 @@
+"""CoCa heads and losses: open_clip's own losses as references, packed images kept apart, presets build."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from open_clip.loss import ClipLoss, SigLipLoss
+
+from mm_lightning import build_backbone, list_backbones
+from mm_lightning.errors import ConfigError
+from mm_lightning.losses import CaptionLoss, CoCaLoss, ContrastiveLoss
+from mm_lightning.models import CoCaHeads
+from mm_lightning.models.coca import pad_images
+
+MICRO = dict(
+    vocab_size=64, d_model=32, n_heads=2, n_unimodal_layers=1, n_multimodal_layers=1, mlp_hidden=64,
+    max_text_len=16, vision_dim=24, embed_dim=16, n_image_queries=4, attn_backend="sdpa",
+)  # fmt: skip
+PATCHES_PER_IMAGE = (5, 3, 7)
+
+
+def _micro_heads() -> CoCaHeads:
+    torch.manual_seed(0)
+    return build_backbone("coca", "tiny", **MICRO).eval()
+
+
+def _batch(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Three packed images with captions of 6, 3 and 8 tokens (EOD = 0 last, pad = 1 after it)."""
+    gen = torch.Generator().manual_seed(seed)
+    counts = torch.tensor(PATCHES_PER_IMAGE)
+    lengths = torch.tensor([6, 3, 8])
+    caption_ids = torch.randint(5, MICRO["vocab_size"], (3, 8), generator=gen)
+    caption_mask = torch.arange(8) < lengths[:, None]  # [B, L]
+    caption_ids[torch.arange(3), lengths - 1] = 0
+    caption_ids[~caption_mask] = 1
+    return {
+        "image_features": torch.randn(1, int(counts.sum()), MICRO["vision_dim"], generator=gen),
+        "image_seq_ids": torch.repeat_interleave(torch.arange(3), counts)[None],
+        "caption_ids": caption_ids,
+        "caption_mask": caption_mask,
+    }
+
+
+def _embeddings(batch: int = 6, dim: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(1)
+    return F.normalize(torch.randn(batch, dim), dim=-1), F.normalize(torch.randn(batch, dim), dim=-1)
+
+
+def test_sigmoid_loss_matches_open_clip_siglip():
+    image, text = _embeddings()
+    scale, bias = torch.tensor(math.log(10.0)).exp(), torch.tensor(-10.0)
+    ours = ContrastiveLoss("sigmoid")(image, text, scale, bias)
+    torch.testing.assert_close(ours["loss"], SigLipLoss()(image, text, scale, bias))
+    assert ours["loss"] is ours["contrastive"]
+
+
+def test_softmax_loss_matches_open_clip_clip():
+    image, text = _embeddings()
+    scale = torch.tensor(1 / 0.07)
+    torch.testing.assert_close(ContrastiveLoss("softmax")(image, text, scale)["loss"], ClipLoss()(image, text, scale))
+
+
+def test_unknown_contrastive_kind_fails():
+    with pytest.raises(ConfigError, match="choose 'sigmoid' or 'softmax'"):
+        ContrastiveLoss("cosine")
+
+
+def test_caption_loss_by_hand():
+    logits = torch.randn(2, 4, 5)
+    ids = torch.tensor([[3, 4, 0, 1], [2, 2, 3, 0]])  # caption 0: three tokens then pad
+    by_hand = []
+    for row, t in [(0, 0), (0, 1), (1, 0), (1, 1), (1, 2)]:  # positions whose next token is real
+        by_hand.append(-torch.log_softmax(logits[row, t], dim=-1)[ids[row, t + 1]])
+    expected = torch.stack(by_hand).mean()
+    torch.testing.assert_close(CaptionLoss()(logits, ids)["caption"], expected)
+    torch.testing.assert_close(CaptionLoss()(logits, ids, ids != 1)["loss"], expected)
+
+
+def test_coca_forward_shapes():
+    out = _micro_heads()(**_batch())
+    assert out["image_embed"].shape == (3, MICRO["embed_dim"])
+    assert out["text_embed"].shape == (3, MICRO["embed_dim"])
+    assert out["caption_logits"].shape == (3, 8, MICRO["vocab_size"])
+    torch.testing.assert_close(out["image_embed"].norm(dim=-1), torch.ones(3))
+    torch.testing.assert_close(out["logit_scale"], torch.tensor(10.0))
+    torch.testing.assert_close(out["logit_bias"].detach(), torch.tensor(-10.0))
+
+
+@torch.no_grad()
+def test_pooler_keeps_packed_images_apart():
+    heads, batch = _micro_heads(), _batch()
+    before = heads(**batch)
+    second = batch["image_seq_ids"][0] == 1
+    batch["image_features"][0, second] = torch.randn(int(second.sum()), MICRO["vision_dim"])
+    after = heads(**batch)
+    for key in ("image_embed", "caption_logits"):
+        torch.testing.assert_close(after[key][[0, 2]], before[key][[0, 2]])
+        assert not torch.allclose(after[key][1], before[key][1])
+
+
+@torch.no_grad()
+def test_packed_images_pool_as_if_alone():
+    heads, batch = _micro_heads(), _batch()
+    packed = heads(**batch)["image_embed"]  # [3, E]
+    second = batch["image_seq_ids"][0] == 1
+    alone = heads(
+        batch["image_features"][:, second],
+        torch.zeros(1, int(second.sum()), dtype=torch.long),
+        batch["caption_ids"][1:2],
+        batch["caption_mask"][1:2],
+    )["image_embed"]
+    torch.testing.assert_close(alone[0], packed[1])
+
+
+def test_pad_images_drops_padding_patches():
+    features = torch.arange(6.0).view(1, 6, 1)
+    padded, mask = pad_images(features, torch.tensor([[0, 0, 1, 1, 1, -1]]), n_images=2)
+    assert padded[..., 0].tolist() == [[0.0, 1.0, 0.0], [2.0, 3.0, 4.0]]
+    assert mask.tolist() == [[True, True, False], [True, True, True]]
+    with pytest.raises(ValueError, match="at least one patch"):
+        pad_images(features, torch.zeros(1, 6, dtype=torch.long), n_images=2)
+
+
+@torch.no_grad()
+def test_text_embedding_ignores_padding():
+    heads, batch = _micro_heads(), _batch()
+    before = heads(**batch)["text_embed"]
+    batch["caption_ids"][~batch["caption_mask"]] = 7  # garbage after each caption's EOD
+    torch.testing.assert_close(heads(**batch)["text_embed"], before)
+
+
+def test_coca_loss_terms_and_gradients_reach_scale_and_bias():
+    heads, batch = _micro_heads().train(), _batch()
+    losses = CoCaLoss(contrastive="sigmoid", caption_weight=2.0)(
+        heads(**batch), batch["caption_ids"], batch["caption_mask"]
+    )
+    assert set(losses) == {"contrastive", "caption", "loss"}
+    torch.testing.assert_close(losses["loss"], losses["contrastive"] + 2.0 * losses["caption"])
+    losses["loss"].backward()
+    for name in ("logit_scale", "logit_bias", "pooler.queries", "embed.weight", "lm_head.weight"):
+        grad = heads.get_parameter(name).grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_every_coca_preset_builds_on_meta():
+    assert set(list_backbones()["coca"]) >= {"tiny", "small", "so400m"}
+    for name in list_backbones()["coca"]:
+        with torch.device("meta"):
+            heads = build_backbone("coca", name)
+        assert heads.pooler.attn.kv.in_features == heads.config.vision_dim
+
+
+def test_captions_longer_than_max_text_len_fail():
+    batch = _batch()
+    batch["caption_ids"] = batch["caption_ids"].repeat(1, 3)
+    batch["caption_mask"] = batch["caption_mask"].repeat(1, 3)
+    with pytest.raises(ValueError, match="max_text_len=16"):
+        _micro_heads()(**batch)
