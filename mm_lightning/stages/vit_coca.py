@@ -1,0 +1,109 @@
+"""Stage 2a of the Kimi-VL recipe: the ViT learns from image-caption pairs with a CoCa loss.
+
+Native-resolution images are packed into one sequence (NaViT); the loss is SigLIP's sigmoid contrastive
+loss plus 2 x the caption loss of a tiny text decoder (MoonViT's recipe, after CoCa, Yu et al. 2022).
+Validation reports zero-shot image->text and text->image recall@1/@5 over the whole split.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torchmetrics import MeanMetric
+
+from mm_lightning.losses import CoCaLoss
+from mm_lightning.metrics import retrieval_recall
+from mm_lightning.optim import OptimizerConfig
+from mm_lightning.registry import build_backbone
+from mm_lightning.schedules import LRSchedule
+from mm_lightning.stages.base import StageModule
+
+
+class ViTCoCaStage(StageModule):
+    """CoCa training of the ``vit`` backbone with ``coca`` text heads.
+
+    Args:
+        vit: ViT preset name (``tiny``, ``small``, ``so400m``).
+        vit_overrides: ViT config fields to override.
+        coca: CoCa heads preset name; its ``vision_dim`` follows the ViT's width.
+        coca_overrides: CoCa config fields to override (e.g. ``vocab_size`` for another tokenizer).
+        contrastive: ``sigmoid`` (SigLIP, the default) or ``softmax`` (CLIP).
+        caption_weight: weight of the caption loss (Kimi-VL: 2.0).
+        optimizer: optimizer choice and hyper-parameters.
+        schedule: LR schedule piece; the ViT stages count their own steps.
+        activation_checkpointing: recompute block activations in backward.
+        compile: ``torch.compile`` each block.
+    """
+
+    def __init__(
+        self,
+        vit: str = "tiny",
+        vit_overrides: dict[str, Any] | None = None,
+        coca: str = "tiny",
+        coca_overrides: dict[str, Any] | None = None,
+        contrastive: str = "sigmoid",
+        caption_weight: float = 2.0,
+        optimizer: OptimizerConfig | None = None,
+        schedule: LRSchedule | None = None,
+        activation_checkpointing: bool = False,
+        compile: bool = False,
+    ) -> None:
+        super().__init__(optimizer, schedule, 0, activation_checkpointing, compile)
+        self.save_hyperparameters()
+        self.vit = build_backbone("vit", vit, **(vit_overrides or {}))
+        coca_fields = {"vision_dim": self.vit.config.d_model, **(coca_overrides or {})}
+        self.coca = build_backbone("coca", coca, **coca_fields)
+        self.loss = CoCaLoss(contrastive=contrastive, caption_weight=caption_weight)
+        self.val_caption = MeanMetric()
+        self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, list[str]]] = []
+
+    def backbones(self) -> dict[str, torch.nn.Module]:
+        return {"vit": self.vit, "coca": self.coca}
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        features = self.vit(batch["patches"], batch["grid_hw"], batch["seq_ids"])  # [1, N, D]
+        return self.coca(features, batch["seq_ids"], batch["caption_ids"], batch["caption_mask"])
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        losses = self.loss(self(batch), batch["caption_ids"], batch["caption_mask"])
+        self.log_losses(losses, "train", sync_dist=True)
+        self.count_tokens(batch["patches"].shape[1] + int(batch["caption_mask"].sum()))
+        return losses["loss"]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        outputs = self(batch)
+        losses = self.loss(outputs, batch["caption_ids"], batch["caption_mask"])
+        self.val_caption.update(losses["caption"], weight=batch["caption_ids"].shape[0])
+        self._val_outputs.append((outputs["image_embed"].cpu(), outputs["text_embed"].cpu(), list(batch["captions"])))
+
+    def on_validation_epoch_end(self) -> None:
+        image_embed, text_embed, captions = self._gather_val_outputs()
+        self._val_outputs.clear()
+        metrics = {f"val/{k}": v for k, v in retrieval_recall(image_embed, text_embed, captions).items()}
+        metrics["val/caption"] = self.val_caption.compute().item()
+        self.val_caption.reset()
+        headline = metrics.pop("val/i2t_r@1")
+        self.log_dict(metrics, rank_zero_only=True)
+        self.log("val/i2t_r@1", headline, prog_bar=True, rank_zero_only=True)
+        metrics["val/i2t_r@1"] = headline
+        when = "sanity check before training" if self.trainer.sanity_checking else f"step {self.global_step}"
+        summary = "  ".join(f"{k[4:]} {v:.3f}" for k, v in metrics.items())
+        self.print(f"{when}: {len(captions)} val pairs  {summary}")
+
+    def _gather_val_outputs(self) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        local = (
+            torch.cat([o[0] for o in self._val_outputs]),
+            torch.cat([o[1] for o in self._val_outputs]),
+            [c for o in self._val_outputs for c in o[2]],
+        )
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return local
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, local)
+        return (
+            torch.cat([g[0] for g in gathered]),
+            torch.cat([g[1] for g in gathered]),
+            [c for g in gathered for c in g[2]],
+        )
