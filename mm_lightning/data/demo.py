@@ -1,7 +1,9 @@
 """Packaged demo corpora, prepared on first use into a local cache.
 
 ``"demo:sotu"`` is the U.S. State of the Union addresses 1790-2021 (233 documents, 10.7 MB of text, public
-domain; see ``demo_data/sotu/PROVENANCE.md``), small enough to train a tiny LLM on a laptop CPU. The prepared
+domain; see ``demo_data/sotu/PROVENANCE.md``), small enough to train a tiny LLM on a laptop CPU. ``"demo:emoji-scenes"`` is an image-text
+corpus of synthetic captioned scenes of Noto emoji (:mod:`mm_lightning.data.emoji_scenes`, Apache-2.0 art; see
+``demo_data/emoji/PROVENANCE.md``), captioned in the vocabulary of the text demo's tokenizer. The prepared
 shards live in ``$MM_LIGHTNING_CACHE/demo/<name>-<version>`` (default ``~/.cache/mm_lightning``); a build goes
 to a temporary folder next to it and is renamed into place when complete, so an interrupted build never
 leaves a half-written cache, and concurrent builds (several ranks) keep the first finished one.
@@ -36,6 +38,25 @@ class DemoText:
 
 
 DEMO_TEXTS = {"sotu": DemoText(source=_PACKAGE_DIR / "sotu" / "sotu.jsonl.gz", version="v1")}
+
+
+@dataclass(frozen=True)
+class DemoImageText:
+    """A generated image-text corpus (emoji scenes) and its sizes."""
+
+    version: str
+    """Bumped whenever the generator, the emoji set or the sizes change, so stale caches are not reused."""
+    vocab_size: int = 64
+    """Distinct emoji in the scenes."""
+    train_scenes: int = 8192
+    """Scenes in the train split."""
+    val_scenes: int = 512
+    """Scenes in the val split (compositions never seen in train)."""
+    tokenizer_demo: str = "demo:sotu"
+    """The text demo whose ``tokenizer.json`` tokenizes the captions (the text stage's vocabulary)."""
+
+
+DEMO_IMAGE_TEXTS = {"emoji-scenes": DemoImageText(version="v1")}
 
 
 def is_demo_name(data_path: str) -> bool:
@@ -79,6 +100,43 @@ def ensure_demo_text(name: str) -> Path:
         prepare_text_shards(
             [demo.source], building, vocab_size=demo.vocab_size, val_fraction=demo.val_fraction, progress=False
         )
+        _move_into_place(building, target)
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return target
+
+
+def _image_demo(name: str) -> tuple[str, DemoImageText]:
+    short = name[len(DEMO_PREFIX) :] if is_demo_name(name) else name
+    if short not in DEMO_IMAGE_TEXTS:
+        available = ", ".join(DEMO_PREFIX + n for n in DEMO_IMAGE_TEXTS)
+        raise ConfigError(f"Unknown image-text demo {name!r}; available: {available}")
+    return short, DEMO_IMAGE_TEXTS[short]
+
+
+def image_demo_tokenizer(name: str) -> Path:
+    """The ``tokenizer.json`` that tokenizes an image-text demo's captions (its text demo's, built if needed)."""
+    _, demo = _image_demo(name)
+    return ensure_demo_text(demo.tokenizer_demo) / "tokenizer.json"
+
+
+def ensure_demo_image_text(name: str) -> Path:
+    """The shards of an image-text demo (``"demo:emoji-scenes"``), generated on first use.
+
+    Returns:
+        A folder with ``train/``, ``val/`` and ``prep_summary.json`` (the tokenizer: :func:`image_demo_tokenizer`).
+    """
+    from mm_lightning.data.emoji_scenes import SceneConfig, write_scene_shards
+
+    short, demo = _image_demo(name)
+    target = cache_root() / "demo" / f"{short}-{demo.version}"
+    if (target / "prep_summary.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{target.name}-building-", dir=target.parent))
+    try:
+        scenes = {"train": demo.train_scenes, "val": demo.val_scenes}
+        write_scene_shards(SceneConfig(vocab_size=demo.vocab_size), building, scenes)
         _move_into_place(building, target)
     finally:
         shutil.rmtree(building, ignore_errors=True)

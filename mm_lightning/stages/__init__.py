@@ -2,5 +2,6 @@
 
 from mm_lightning.stages.base import StageModule
 from mm_lightning.stages.text_pretrain import TextPretrainStage
+from mm_lightning.stages.vit_coca import ViTCoCaStage
 
-__all__ = ["StageModule", "TextPretrainStage"]
+__all__ = ["StageModule", "TextPretrainStage", "ViTCoCaStage"]
