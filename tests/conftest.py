@@ -22,3 +22,11 @@ def demo_sotu(mm_cache: Path) -> Path:
     from mm_lightning.data.demo import ensure_demo_text
 
     return ensure_demo_text("demo:sotu")
+
+
+@pytest.fixture(scope="session")
+def demo_emoji(mm_cache: Path) -> Path:
+    """The ``demo:emoji-scenes`` shards, generated once into ``mm_cache`` (for ``ImageTextDataModule``)."""
+    from mm_lightning.data.demo import ensure_demo_image_text
+
+    return ensure_demo_image_text("demo:emoji-scenes")

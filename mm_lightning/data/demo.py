@@ -1,12 +1,13 @@
 """Packaged demo corpora, prepared on first use into a local cache.
 
 ``"demo:sotu"`` is the U.S. State of the Union addresses 1790-2021 (233 documents, 10.7 MB of text, public
-domain; see ``demo_data/sotu/PROVENANCE.md``), small enough to train a tiny LLM on a laptop CPU. ``"demo:emoji-scenes"`` is an image-text
-corpus of synthetic captioned scenes of Noto emoji (:mod:`mm_lightning.data.emoji_scenes`, Apache-2.0 art; see
-``demo_data/emoji/PROVENANCE.md``), captioned in the vocabulary of the text demo's tokenizer. The prepared
-shards live in ``$MM_LIGHTNING_CACHE/demo/<name>-<version>`` (default ``~/.cache/mm_lightning``); a build goes
-to a temporary folder next to it and is renamed into place when complete, so an interrupted build never
-leaves a half-written cache, and concurrent builds (several ranks) keep the first finished one.
+domain; see ``demo_data/sotu/PROVENANCE.md``), small enough to train a tiny LLM on a laptop CPU.
+``"demo:emoji-scenes"`` is an image-text corpus of synthetic captioned scenes of Noto emoji
+(:mod:`mm_lightning.data.emoji_scenes`, Apache-2.0 art; see ``demo_data/emoji/PROVENANCE.md``), its captions
+tokenized with the text demo's tokenizer. The prepared shards live in ``$MM_LIGHTNING_CACHE/demo/<name>-<version>``
+(default ``~/.cache/mm_lightning``); a build goes to a temporary folder next to it and is renamed into place when
+complete, so an interrupted build never leaves a half-written cache, and concurrent builds (several ranks) keep the
+first finished one.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class DemoImageText:
     """Bumped whenever the generator, the emoji set or the sizes change, so stale caches are not reused."""
     vocab_size: int = 64
     """Distinct emoji in the scenes."""
-    train_scenes: int = 8192
+    train_scenes: int = 4096
     """Scenes in the train split."""
     val_scenes: int = 512
     """Scenes in the val split (compositions never seen in train)."""

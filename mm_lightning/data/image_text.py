@@ -1,0 +1,220 @@
+"""Image-text data for the ViT stages: native-resolution images packed NaViT style, with tokenized captions.
+
+The shards (``train/`` + ``val/`` of ``{"image": bytes, "caption": str}``, written by
+``data_prep/prepare_image_text.py`` or generated for ``"demo:emoji-scenes"``) are streamed with litdata. Each
+image is decoded at its own resolution and aspect ratio, normalised with mean = std = 0.5 (SigLIP) and cut into
+patches by :func:`mm_lightning.ops.patches.image_to_patches`; a batch packs all its images into one sequence
+(:func:`~mm_lightning.ops.patches.pack_patches`), so nothing is padded on the image side. Captions are tokenized
+with the text stage's tokenizer (the same vocabulary the LLM later sees), start and end with ``<|endoftext|>``
+(the start token lets the caption decoder predict the first word from the image, as a BOS does) and are
+padded with ``<|pad|>`` to ``max_caption_len``.
+
+As in :mod:`mm_lightning.data.text`, shuffling, resumption and the split across ranks and workers are litdata's,
+a deterministic function of the seed; Lightning saves the train loader's state by itself.
+"""
+
+from __future__ import annotations
+
+import io
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import torch
+from litdata import StreamingDataLoader, StreamingDataset
+from PIL import Image
+from tokenizers import Tokenizer
+from torch import Tensor
+
+from mm_lightning.data import tokenizer as tokenizer_lib
+from mm_lightning.data.demo import ensure_demo_image_text, image_demo_tokenizer, is_demo_name
+from mm_lightning.data.text import _FirstBatches, _read_remote_tokenizer, is_remote
+from mm_lightning.errors import ConfigError, DataError
+from mm_lightning.ops.patches import image_to_patches, pack_patches
+
+PIXEL_MEAN = PIXEL_STD = 0.5  # SigLIP: pixels in [-1, 1]
+
+
+def decode_image(data: bytes) -> Tensor:
+    """``[3, H, W]`` float pixels normalised to [-1, 1]; transparency is composited over white."""
+    with Image.open(io.BytesIO(data)) as image:
+        if image.mode in ("RGBA", "LA", "P", "PA"):
+            image = image.convert("RGBA")
+            white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(white, image)
+        pixels = torch.frombuffer(bytearray(image.convert("RGB").tobytes()), dtype=torch.uint8)
+        height, width = image.height, image.width
+    pixels = pixels.view(height, width, 3).permute(2, 0, 1).float() / 255.0  # [3, H, W]
+    return (pixels - PIXEL_MEAN) / PIXEL_STD
+
+
+class ImageTextTransform:
+    """Per record (in dataloader workers): patches and grid of the image, caption token ids (picklable)."""
+
+    def __init__(self, tokenizer: Tokenizer, patch_size: int, max_patches: int, max_caption_len: int):
+        self.tokenizer, self.patch_size, self.max_patches = tokenizer, patch_size, max_patches
+        self.max_caption_len = max_caption_len
+
+    def __call__(self, record: dict) -> dict:
+        patches, grid = image_to_patches(decode_image(record["image"]), self.patch_size, self.max_patches)
+        eod = tokenizer_lib.eod_id(self.tokenizer)
+        ids = [eod, *tokenizer_lib.encode(self.tokenizer, record["caption"])[: self.max_caption_len - 2], eod]
+        # EOD opens the caption (the decoder then predicts its first word) and closes it, even when truncated
+        return {"patches": patches, "grid": grid, "caption_ids": ids, "caption": record["caption"]}
+
+
+def collate_image_text(items: list[dict], max_caption_len: int, pad_id: int) -> dict:
+    """Pack a batch's images into one patch sequence and pad its captions.
+
+    Args:
+        items: outputs of :class:`ImageTextTransform`.
+        max_caption_len: caption length ``L`` (EOD included).
+        pad_id: the ``<|pad|>`` token id.
+
+    Returns:
+        ``patches`` [1, N, 3p²], ``grid_hw`` [B, 2], ``seq_ids`` [1, N] (from ``pack_patches``), ``caption_ids``
+        [B, L] int64, ``caption_mask`` [B, L] bool (True on caption tokens and EOD), ``captions`` (B strings).
+    """
+    batch = pack_patches([item["patches"] for item in items], [item["grid"] for item in items])
+    caption_ids = torch.full((len(items), max_caption_len), pad_id, dtype=torch.long)  # [B, L]
+    caption_mask = torch.zeros(len(items), max_caption_len, dtype=torch.bool)  # [B, L]
+    for row, item in enumerate(items):
+        caption_ids[row, : len(item["caption_ids"])] = torch.tensor(item["caption_ids"])
+        caption_mask[row, : len(item["caption_ids"])] = True
+    batch.update(caption_ids=caption_ids, caption_mask=caption_mask, captions=[item["caption"] for item in items])
+    return batch
+
+
+class ImageTextDataModule(L.LightningDataModule):
+    """Packed native-resolution image batches with tokenized captions, streamed with litdata.
+
+    Args:
+        data_path: a prepared folder or URL holding ``train/`` and ``val/``; or ``"demo:emoji-scenes"``, generated
+            into ``$MM_LIGHTNING_CACHE/demo`` on first use.
+        batch_size: images per batch (per device), packed into one patch sequence.
+        patch_size: patch side in pixels.
+        max_patches: cap on patches per image (larger images are scaled down, aspect ratio kept).
+        max_caption_len: caption tokens per row ``L``, both EODs included; longer captions are truncated.
+        num_workers: dataloader worker processes.
+        seed: the shuffling seed of the train split.
+        val_batches: validate on the first this many batches of ``val`` only (all of it when ``None``).
+        tokenizer_path: the text stage's ``tokenizer.json``; default ``data_path/tokenizer.json`` (for a demo,
+            its text demo's tokenizer).
+        cache_dir: where litdata caches chunks of a remote ``data_path`` (litdata's default when ``None``).
+    """
+
+    def __init__(
+        self,
+        data_path: str = "demo:emoji-scenes",
+        batch_size: int = 16,
+        patch_size: int = 14,
+        max_patches: int = 256,
+        max_caption_len: int = 48,
+        num_workers: int = 0,
+        seed: int = 42,
+        val_batches: int | None = None,
+        tokenizer_path: str | None = None,
+        cache_dir: str | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.data_path, self.batch_size, self.num_workers = str(data_path), batch_size, num_workers
+        self.patch_size, self.max_patches, self.max_caption_len = patch_size, max_patches, max_caption_len
+        self.seed, self.val_batches, self.tokenizer_path, self.cache_dir = seed, val_batches, tokenizer_path, cache_dir
+        if max_caption_len < 2:
+            raise ConfigError(f"max_caption_len must be at least 2 (a token and EOD), got {max_caption_len}")
+        self._tokenizer: Tokenizer | None = None
+        self.train_dataset: StreamingDataset | None = None
+        self.val_dataset: StreamingDataset | None = None
+
+    @property
+    def root(self) -> str:
+        """The prepared folder or URL (a demo name resolved to its cache folder, built if needed)."""
+        if is_demo_name(self.data_path):
+            return str(ensure_demo_image_text(self.data_path))
+        return self.data_path.rstrip("/")
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The text stage's tokenizer, which tokenizes the captions."""
+        if self._tokenizer is None:
+            self._tokenizer = self._load_tokenizer()
+        return self._tokenizer
+
+    @property
+    def pad_id(self) -> int:
+        """The ``<|pad|>`` token id."""
+        return self.tokenizer.token_to_id(tokenizer_lib.PAD_TOKEN)
+
+    @property
+    def vocab_size(self) -> int:
+        """The tokenizer's vocabulary size (special tokens included)."""
+        return self.tokenizer.get_vocab_size()
+
+    def prepare_data(self) -> None:
+        """Generate the demo shards and its tokenizer on first use (once per node)."""
+        if is_demo_name(self.data_path):
+            ensure_demo_image_text(self.data_path)
+            image_demo_tokenizer(self.data_path)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Open the train and val streams, refusing missing layouts or a train split smaller than a batch."""
+        root = self.root
+        if not is_remote(root):
+            check_image_text_dir(Path(root))
+        transform = ImageTextTransform(self.tokenizer, self.patch_size, self.max_patches, self.max_caption_len)
+        cache = {"cache_dir": self.cache_dir} if is_remote(root) and self.cache_dir else {}
+        self.train_dataset = StreamingDataset(
+            f"{root}/train", shuffle=True, drop_last=True, seed=self.seed, item_shuffle_window="full",
+            transform=transform, **cache,
+        )  # fmt: skip
+        self.val_dataset = StreamingDataset(f"{root}/val", shuffle=False, transform=transform, **cache)
+        for split, dataset, needed in (("val", self.val_dataset, 1), ("train", self.train_dataset, self.batch_size)):
+            if len(dataset) < needed:
+                raise ConfigError(
+                    f"The {split} split of {root} has {len(dataset)} pairs, fewer than the {needed} needed"
+                )
+
+    def train_dataloader(self) -> StreamingDataLoader:
+        """Shuffled, full batches only."""
+        return self._loader(self.train_dataset, drop_last=True)
+
+    def val_dataloader(self) -> StreamingDataLoader | _FirstBatches:
+        """In order; the first ``val_batches`` batches when that is set."""
+        loader = self._loader(self.val_dataset, drop_last=False)
+        return loader if self.val_batches is None else _FirstBatches(loader, self.val_batches)
+
+    def _loader(self, dataset: StreamingDataset | None, drop_last: bool) -> StreamingDataLoader:
+        if dataset is None:
+            raise RuntimeError("ImageTextDataModule.setup() must run before asking for a dataloader")
+        collate = partial(collate_image_text, max_caption_len=self.max_caption_len, pad_id=self.pad_id)
+        return StreamingDataLoader(
+            dataset, batch_size=self.batch_size, num_workers=self.num_workers, drop_last=drop_last, collate_fn=collate
+        )
+
+    def _load_tokenizer(self) -> Tokenizer:
+        if self.tokenizer_path is not None:
+            return tokenizer_lib.load_tokenizer(self.tokenizer_path)
+        if is_demo_name(self.data_path):
+            return tokenizer_lib.load_tokenizer(image_demo_tokenizer(self.data_path))
+        root = self.root
+        if is_remote(root):
+            return _read_remote_tokenizer(f"{root}/tokenizer.json")
+        if not (Path(root) / "tokenizer.json").is_file():
+            raise DataError(
+                f"{root} has no tokenizer.json: pass tokenizer_path=<the text stage's tokenizer.json>, or prepare "
+                "the data with --tokenizer"
+            )
+        return tokenizer_lib.load_tokenizer(Path(root) / "tokenizer.json")
+
+
+def check_image_text_dir(root: Path) -> None:
+    """Refuse a local folder that lacks a piece of the prepared layout, naming what is missing."""
+    missing = [f"{s}/index.json" for s in ("train", "val") if not (root / s / "index.json").is_file()]
+    if not root.is_dir():
+        missing = ["the folder itself"]
+    if missing:
+        raise DataError(
+            f"{root} is not a prepared image-text dataset: missing {', '.join(missing)}. "
+            f"Create one with: python data_prep/prepare_image_text.py YOUR_PAIRS --output {root}"
+        )
