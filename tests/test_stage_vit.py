@@ -78,3 +78,20 @@ def test_vit_coca_stage_learns_to_retrieve_colours(tmp_path):
     assert metrics["val/t2i_r@1"] >= 0.5
     assert metrics["val/caption"] < 1.0  # ln(32) = 3.5 at start
     assert torch.isfinite(metrics["train/loss"])
+
+
+def test_vit_coca_stage_runs_on_the_emoji_demo(tmp_path, demo_emoji, demo_sotu):
+    """Integration: the demo datamodule's batches go through the stage, and validation reports retrieval."""
+    from mm_lightning.data import ImageTextDataModule
+
+    data = ImageTextDataModule("demo:emoji-scenes", batch_size=8, max_patches=36, val_batches=2)
+    stage = ViTCoCaStage(vit="tiny", coca="tiny", schedule=LRSchedule(peak_lr=1e-3, warmup_steps=1, total_steps=3))
+    trainer = pl.Trainer(
+        accelerator="cpu", max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        num_sanity_val_steps=0, limit_train_batches=3, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(stage, data)
+    metrics = trainer.callback_metrics
+    assert metrics["val/chance_r@1"] == pytest.approx(1 / 16)  # 2 batches of 8 distinct captions
+    assert {"val/i2t_r@5", "val/t2i_r@1", "val/caption", "train/contrastive", "train/caption"} <= set(metrics)
+    assert stage.tokens_seen > 0
