@@ -92,6 +92,15 @@ class StageModule(pl.LightningModule):
             on_epoch=False,
         )
 
+    def check_vocab_fits(self, model_vocab_size: int, overrides_field: str) -> None:
+        """Fail clearly when the datamodule's tokenizer has more tokens than the model's vocabulary."""
+        data_vocab_size = getattr(self.trainer.datamodule, "vocab_size", None) if self._trainer else None
+        if data_vocab_size is not None and data_vocab_size > model_vocab_size:
+            raise ConfigError(
+                f"The data's tokenizer has {data_vocab_size} tokens but the model's vocab_size is {model_vocab_size}; "
+                f"set model.init_args.{overrides_field}.vocab_size >= {data_vocab_size}."
+            )
+
     def checkpoint_metadata(self) -> dict[str, Any]:
         """The plain-data block a later stage reads: step, schedule, backbone configs, RoPE base, tokens."""
         backbones = self.backbones()

@@ -8,7 +8,6 @@ from typing import Any
 import torch
 from torchmetrics import MeanMetric
 
-from mm_lightning.errors import ConfigError
 from mm_lightning.losses import NextTokenLoss
 from mm_lightning.optim import OptimizerConfig
 from mm_lightning.registry import build_backbone
@@ -49,12 +48,7 @@ class TextPretrainStage(StageModule):
         return {"llm": self.llm}
 
     def setup(self, stage: str) -> None:
-        vocab_size = getattr(self.trainer.datamodule, "vocab_size", None) if self._trainer else None
-        if vocab_size is not None and vocab_size > self.llm.config.vocab_size:
-            raise ConfigError(
-                f"The data's tokenizer has {vocab_size} tokens but the LLM's vocab_size is "
-                f"{self.llm.config.vocab_size}; set model.llm_overrides.vocab_size >= {vocab_size}."
-            )
+        self.check_vocab_fits(self.llm.config.vocab_size, "llm_overrides")
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.llm(input_ids=batch["input_ids"], position_ids=batch["position_ids"], seq_ids=batch["seq_ids"])

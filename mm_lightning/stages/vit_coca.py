@@ -62,6 +62,9 @@ class ViTCoCaStage(StageModule):
     def backbones(self) -> dict[str, torch.nn.Module]:
         return {"vit": self.vit, "coca": self.coca}
 
+    def setup(self, stage: str) -> None:
+        self.check_vocab_fits(self.coca.config.vocab_size, "coca_overrides")
+
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         features = self.vit(batch["patches"], batch["grid_hw"], batch["seq_ids"])  # [1, N, D]
         return self.coca(features, batch["seq_ids"], batch["caption_ids"], batch["caption_mask"])
