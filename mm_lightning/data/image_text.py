@@ -16,19 +16,20 @@ a deterministic function of the seed; Lightning saves the train loader's state b
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
-import lightning as L
 import torch
-from litdata import StreamingDataLoader, StreamingDataset
+from litdata import StreamingDataset
 from PIL import Image
 from tokenizers import Tokenizer
 from torch import Tensor
 
 from mm_lightning.data import tokenizer as tokenizer_lib
-from mm_lightning.data.demo import ensure_demo_image_text, image_demo_tokenizer, is_demo_name
-from mm_lightning.data.text import _FirstBatches, _read_remote_tokenizer, is_remote
+from mm_lightning.data.demo import ensure_demo_image_text, image_demo_tokenizer
+from mm_lightning.data.streaming import ShardDataModule
 from mm_lightning.errors import ConfigError, DataError
 from mm_lightning.ops.patches import image_to_patches, pack_patches
 
@@ -85,7 +86,7 @@ def collate_image_text(items: list[dict], max_caption_len: int, pad_id: int) -> 
     return batch
 
 
-class ImageTextDataModule(L.LightningDataModule):
+class ImageTextDataModule(ShardDataModule):
     """Packed native-resolution image batches with tokenized captions, streamed with litdata.
 
     Args:
@@ -116,96 +117,40 @@ class ImageTextDataModule(L.LightningDataModule):
         tokenizer_path: str | None = None,
         cache_dir: str | None = None,
     ):
-        super().__init__()
+        super().__init__(data_path, batch_size, num_workers, seed, val_batches, tokenizer_path, cache_dir)
         self.save_hyperparameters()
-        self.data_path, self.batch_size, self.num_workers = str(data_path), batch_size, num_workers
         self.patch_size, self.max_patches, self.max_caption_len = patch_size, max_patches, max_caption_len
-        self.seed, self.val_batches, self.tokenizer_path, self.cache_dir = seed, val_batches, tokenizer_path, cache_dir
-        if max_caption_len < 2:
-            raise ConfigError(f"max_caption_len must be at least 2 (a token and EOD), got {max_caption_len}")
-        self._tokenizer: Tokenizer | None = None
-        self.train_dataset: StreamingDataset | None = None
-        self.val_dataset: StreamingDataset | None = None
-
-    @property
-    def root(self) -> str:
-        """The prepared folder or URL (a demo name resolved to its cache folder, built if needed)."""
-        if is_demo_name(self.data_path):
-            return str(ensure_demo_image_text(self.data_path))
-        return self.data_path.rstrip("/")
-
-    @property
-    def tokenizer(self) -> Tokenizer:
-        """The text stage's tokenizer, which tokenizes the captions."""
-        if self._tokenizer is None:
-            self._tokenizer = self._load_tokenizer()
-        return self._tokenizer
+        if max_caption_len < 3:
+            raise ConfigError(f"max_caption_len must be at least 3 (EOD, a token, EOD), got {max_caption_len}")
 
     @property
     def pad_id(self) -> int:
         """The ``<|pad|>`` token id."""
         return self.tokenizer.token_to_id(tokenizer_lib.PAD_TOKEN)
 
-    @property
-    def vocab_size(self) -> int:
-        """The tokenizer's vocabulary size (special tokens included)."""
-        return self.tokenizer.get_vocab_size()
+    def ensure_demo(self, name: str) -> Path:
+        return ensure_demo_image_text(name)
 
-    def prepare_data(self) -> None:
-        """Generate the demo shards and its tokenizer on first use (once per node)."""
-        if is_demo_name(self.data_path):
-            ensure_demo_image_text(self.data_path)
-            image_demo_tokenizer(self.data_path)
+    def demo_tokenizer(self, name: str) -> Path:
+        return image_demo_tokenizer(name)
+
+    def check_local_dir(self, root: Path) -> None:
+        check_image_text_dir(root)
+
+    def open_split(self, url: str, train: bool, **kwargs: Any) -> StreamingDataset:
+        transform = ImageTextTransform(self.tokenizer, self.patch_size, self.max_patches, self.max_caption_len)
+        return StreamingDataset(url, transform=transform, **kwargs)
+
+    def collate_fn(self) -> Callable[[list[dict]], dict]:
+        return partial(collate_image_text, max_caption_len=self.max_caption_len, pad_id=self.pad_id)
 
     def setup(self, stage: str | None = None) -> None:
-        """Open the train and val streams, refusing missing layouts or a train split smaller than a batch."""
+        """Open the streams, refusing a val split with no pair or a train split smaller than a batch."""
+        super().setup(stage)
         root = self.root
-        if not is_remote(root):
-            check_image_text_dir(Path(root))
-        transform = ImageTextTransform(self.tokenizer, self.patch_size, self.max_patches, self.max_caption_len)
-        cache = {"cache_dir": self.cache_dir} if is_remote(root) and self.cache_dir else {}
-        self.train_dataset = StreamingDataset(
-            f"{root}/train", shuffle=True, drop_last=True, seed=self.seed, item_shuffle_window="full",
-            transform=transform, **cache,
-        )  # fmt: skip
-        self.val_dataset = StreamingDataset(f"{root}/val", shuffle=False, transform=transform, **cache)
-        for split, dataset, needed in (("val", self.val_dataset, 1), ("train", self.train_dataset, self.batch_size)):
-            if len(dataset) < needed:
-                raise ConfigError(
-                    f"The {split} split of {root} has {len(dataset)} pairs, fewer than the {needed} needed"
-                )
-
-    def train_dataloader(self) -> StreamingDataLoader:
-        """Shuffled, full batches only."""
-        return self._loader(self.train_dataset, drop_last=True)
-
-    def val_dataloader(self) -> StreamingDataLoader | _FirstBatches:
-        """In order; the first ``val_batches`` batches when that is set."""
-        loader = self._loader(self.val_dataset, drop_last=False)
-        return loader if self.val_batches is None else _FirstBatches(loader, self.val_batches)
-
-    def _loader(self, dataset: StreamingDataset | None, drop_last: bool) -> StreamingDataLoader:
-        if dataset is None:
-            raise RuntimeError("ImageTextDataModule.setup() must run before asking for a dataloader")
-        collate = partial(collate_image_text, max_caption_len=self.max_caption_len, pad_id=self.pad_id)
-        return StreamingDataLoader(
-            dataset, batch_size=self.batch_size, num_workers=self.num_workers, drop_last=drop_last, collate_fn=collate
+        self.check_split_sizes(
+            lambda split, dataset, needed: f"The {split} split of {root} has {len(dataset)} pairs, fewer than {needed}"
         )
-
-    def _load_tokenizer(self) -> Tokenizer:
-        if self.tokenizer_path is not None:
-            return tokenizer_lib.load_tokenizer(self.tokenizer_path)
-        if is_demo_name(self.data_path):
-            return tokenizer_lib.load_tokenizer(image_demo_tokenizer(self.data_path))
-        root = self.root
-        if is_remote(root):
-            return _read_remote_tokenizer(f"{root}/tokenizer.json")
-        if not (Path(root) / "tokenizer.json").is_file():
-            raise DataError(
-                f"{root} has no tokenizer.json: pass tokenizer_path=<the text stage's tokenizer.json>, or prepare "
-                "the data with --tokenizer"
-            )
-        return tokenizer_lib.load_tokenizer(Path(root) / "tokenizer.json")
 
 
 def check_image_text_dir(root: Path) -> None:
