@@ -2,6 +2,7 @@
 
 from mm_lightning.models.coca import CoCaConfig, CoCaHeads
 from mm_lightning.models.llm import LLM, LLMConfig
+from mm_lightning.models.projector import Projector, ProjectorConfig
 from mm_lightning.models.vit import ViT, ViTConfig
 
-__all__ = ["CoCaConfig", "CoCaHeads", "LLM", "LLMConfig", "ViT", "ViTConfig"]
+__all__ = ["CoCaConfig", "CoCaHeads", "LLM", "LLMConfig", "Projector", "ProjectorConfig", "ViT", "ViTConfig"]
