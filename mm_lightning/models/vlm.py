@@ -1,0 +1,94 @@
+"""The vision-language model: LLM + ViT + projector, assembled from registry backbones (Kimi-VL's layout).
+
+A multimodal sample is text in which each image is one ``<|image|>`` placeholder. Before packing, every
+placeholder expands to as many ``<|image|>`` tokens as that image has merged (pixel-shuffled) tokens
+(:func:`expand_image_placeholders`); the embeddings at those positions are the projected image features,
+in order (:meth:`VLM.embed`). Several samples then pack into one row like text documents, with
+packed-sequence ids keeping them apart, and image positions carry no next-token label.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from mm_lightning.losses.next_token import IGNORE_INDEX
+from mm_lightning.models.llm import LLM
+from mm_lightning.models.projector import Projector
+from mm_lightning.models.vit import ViT, split_grids
+from mm_lightning.registry import build_backbone
+
+
+class VLM(nn.Module):
+    """LLM + ViT + projector.
+
+    Args:
+        llm: the language model.
+        vit: the vision encoder.
+        projector: maps each image's ViT grid to LLM-width tokens.
+        image_token_id: id of the ``<|image|>`` token in the LLM's vocabulary.
+    """
+
+    def __init__(self, llm: LLM, vit: ViT, projector: Projector, image_token_id: int) -> None:
+        super().__init__()
+        if projector.config.vision_dim != vit.config.d_model or projector.config.llm_dim != llm.config.d_model:
+            raise ValueError(
+                f"projector {projector.config.vision_dim} -> {projector.config.llm_dim} does not join "
+                f"vit width {vit.config.d_model} to llm width {llm.config.d_model}"
+            )
+        self.llm, self.vit, self.projector = llm, vit, projector
+        self.image_token_id = image_token_id
+
+    def image_tokens(self, patches: Tensor, grid_hw: Tensor, patch_seq_ids: Tensor | None = None) -> Tensor:
+        """Projected tokens of all images in order, ``[sum_i n_i, llm_dim]``, from packed patches ``[1, N, 3p²]``."""
+        features = self.vit(patches, grid_hw, patch_seq_ids)  # [1, N, Dv]
+        return torch.cat(self.projector(split_grids(features, grid_hw)))  # [sum n_i, d]
+
+    def embed(self, input_ids: Tensor, patches: Tensor | None = None, grid_hw: Tensor | None = None,
+              patch_seq_ids: Tensor | None = None) -> Tensor:  # fmt: skip
+        """Token embeddings ``[B, T, d]`` with the image placeholders replaced by projected image tokens.
+
+        Images fill the ``<|image|>`` positions in reading order (row by row, left to right).
+        """
+        embeds = self.llm.embed(input_ids)  # [B, T, d]
+        is_image = input_ids == self.image_token_id  # [B, T]
+        n_slots = int(is_image.sum())
+        if patches is None:
+            if n_slots:
+                raise ValueError(f"{n_slots} <|image|> positions but no images were given")
+            return embeds
+        tokens = self.image_tokens(patches, grid_hw, patch_seq_ids).to(embeds.dtype)
+        if tokens.shape[0] != n_slots:
+            raise ValueError(f"{n_slots} <|image|> positions for {tokens.shape[0]} image tokens; expand placeholders")
+        return embeds.masked_scatter(is_image[..., None], tokens)
+
+    def forward(self, input_ids: Tensor, patches: Tensor | None = None, grid_hw: Tensor | None = None,
+                patch_seq_ids: Tensor | None = None, position_ids: Tensor | None = None,
+                seq_ids: Tensor | None = None) -> Tensor:  # fmt: skip
+        """Next-token logits ``[B, T, V]`` of (packed) multimodal rows."""
+        inputs_embeds = self.embed(input_ids, patches, grid_hw, patch_seq_ids)
+        return self.llm(inputs_embeds=inputs_embeds, position_ids=position_ids, seq_ids=seq_ids)
+
+
+def expand_image_placeholders(token_ids: list[int], tokens_per_image: list[int], image_token_id: int) -> list[int]:
+    """Repeat the ``k``-th ``<|image|>`` placeholder ``tokens_per_image[k]`` times."""
+    n_placeholders = token_ids.count(image_token_id)
+    if n_placeholders != len(tokens_per_image):
+        raise ValueError(f"{n_placeholders} <|image|> placeholders for {len(tokens_per_image)} images")
+    counts = iter(tokens_per_image)
+    expanded: list[int] = []
+    for token in token_ids:
+        expanded.extend([token] * next(counts) if token == image_token_id else [token])
+    return expanded
+
+
+def mask_image_labels(labels: Tensor, image_token_id: int) -> Tensor:
+    """Labels with every position whose *target* is an image token set to the ignore index."""
+    return labels.masked_fill(labels == image_token_id, IGNORE_INDEX)
+
+
+def build_vlm(llm: str = "tiny", vit: str = "tiny", projector: str = "tiny", image_token_id: int = 2) -> VLM:
+    """A VLM from registry presets (``image_token_id`` 2 is ``<|image|>`` in the project tokenizer)."""
+    return VLM(
+        build_backbone("llm", llm), build_backbone("vit", vit), build_backbone("projector", projector), image_token_id
+    )
