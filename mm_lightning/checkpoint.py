@@ -65,7 +65,8 @@ def load_backbone(path: str | Path, kind: str, prefix: str | None = None) -> nn.
     Args:
         path: a stage checkpoint (``.ckpt``).
         kind: registry kind, e.g. ``"llm"``.
-        prefix: key prefix of that backbone in the checkpoint's ``state_dict`` (default ``"<kind>."``).
+        prefix: key prefix of that backbone in the checkpoint's ``state_dict`` (default: the prefix the checkpoint
+            recorded, else ``"<kind>."``).
 
     Raises:
         CheckpointError: the checkpoint has no such backbone, or its keys do not match the rebuilt module.
@@ -75,7 +76,8 @@ def load_backbone(path: str | Path, kind: str, prefix: str | None = None) -> nn.
     if kind not in backbones:
         raise CheckpointError(f"{path} records no {kind!r} backbone; it has: {', '.join(backbones) or 'none'}.")
     module = build_from_config(kind, config_from_dict(kind, backbones[kind]))
-    prefix = f"{kind}." if prefix is None else prefix
+    if prefix is None:
+        prefix = checkpoint_meta(checkpoint, path).get("prefixes", {}).get(kind, f"{kind}.")
     state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     load_state_dict_strict(module, state, source=f"{path} ({kind})")
     return module

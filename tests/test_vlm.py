@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from mm_lightning import build_backbone
-from mm_lightning.models.vlm import VLM, expand_image_placeholders, mask_image_labels
+from mm_lightning.data.multimodal import mask_image_targets
+from mm_lightning.models.vlm import VLM, expand_image_placeholders
 from mm_lightning.ops.patches import image_to_patches, pack_patches
 
 IMAGE = 2
@@ -53,7 +54,7 @@ def test_image_positions_hold_projected_features_and_carry_no_label():
         expected = vlm.image_tokens(packed["patches"], packed["grid_hw"], packed["seq_ids"])
     torch.testing.assert_close(embeds[:4], expected)
     torch.testing.assert_close(embeds[4:], vlm.llm.embed(ids[4:]))
-    labels = mask_image_labels(ids[1:], IMAGE)
+    labels = mask_image_targets(ids[1:], IMAGE)
     assert labels.tolist() == [-100, -100, -100, 5, 6]
 
 

@@ -3,7 +3,8 @@
 RMSNorm, SwiGLU feed-forward, grouped-query attention and rotary positions whose base is run-time
 state (``set_rope_base``), as Kimi-VL's long-context stage switches it 50,000 -> 800,000. The forward
 takes ``input_ids`` or ``inputs_embeds`` (the joint stages inject projected image features) and
-packed-sequence ids, so documents packed into one row never attend to each other.
+packed-sequence ids, so documents packed into one row never attend to each other. For decoding, a
+:class:`KVCache` keeps every layer's keys/values so each step runs only the new tokens (always on SDPA).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mm_lightning.errors import ConfigError
-from mm_lightning.ops.attention import attention
+from mm_lightning.ops.attention import attention, prefix_causal_attention
 from mm_lightning.ops.packing import position_ids_from_seq_ids
 from mm_lightning.ops.rope import apply_rope, rope_cos_sin
 from mm_lightning.registry import register_backbone, register_preset
@@ -62,6 +63,50 @@ class LLMConfig:
             raise ConfigError(f"head_dim={self.head_dim} must be even for RoPE")
 
 
+@dataclass
+class KVCache:
+    """Keys and values of the tokens already seen, per layer, preallocated to ``max_len`` positions.
+
+    Layers write the new tokens at ``[length, length + T)`` (:meth:`write`); the model then moves
+    ``length`` on (:meth:`advance`) once all layers have run. Build one with :meth:`LLM.new_kv_cache`.
+    """
+
+    keys: list[Tensor]
+    """One ``[B, Hkv, max_len, D]`` key buffer per layer."""
+    values: list[Tensor]
+    """One ``[B, Hkv, max_len, D]`` value buffer per layer."""
+    length: int = 0
+    """Number of positions filled so far."""
+
+    @property
+    def max_len(self) -> int:
+        """Capacity in positions."""
+        return self.keys[0].shape[2]
+
+    @property
+    def batch_size(self) -> int:
+        """Rows the cache was built for."""
+        return self.keys[0].shape[0]
+
+    def check_fits(self, batch_size: int, new_len: int) -> None:
+        """Raise ``ValueError`` unless ``new_len`` more positions of ``batch_size`` rows fit."""
+        if batch_size != self.batch_size:
+            raise ValueError(f"KV cache holds {self.batch_size} rows, the input has {batch_size}")
+        if self.length + new_len > self.max_len:
+            raise ValueError(f"KV cache overflow: {self.length} + {new_len} positions > max_len={self.max_len}")
+
+    def write(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store the new ``[B, Hkv, T, D]`` keys/values of ``layer``; return prefix + new, ``[B, Hkv, length+T, D]``."""
+        end = self.length + k.shape[2]
+        self.keys[layer][:, :, self.length : end] = k
+        self.values[layer][:, :, self.length : end] = v
+        return self.keys[layer][:, :, :end].to(k.dtype), self.values[layer][:, :, :end].to(v.dtype)
+
+    def advance(self, new_len: int) -> None:
+        """Count ``new_len`` more positions as filled (after every layer has written them)."""
+        self.length += new_len
+
+
 class Attention(nn.Module):
     """Grouped-query self-attention with RoPE, through the shared attention backends."""
 
@@ -72,7 +117,15 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(config.d_model, qkv_width, bias=False)
         self.proj = nn.Linear(config.n_heads * config.head_dim, config.d_model, bias=False)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, seq_ids: Tensor | None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        seq_ids: Tensor | None,
+        kv_cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> Tensor:
         cfg = self.config
         batch, seq_len, _ = x.shape
         q, k, v = self.qkv(x).split(
@@ -82,7 +135,11 @@ class Attention(nn.Module):
         k = k.view(batch, seq_len, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)  # [B, Hkv, T, D]
         v = v.view(batch, seq_len, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)  # [B, Hkv, T, D]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out = attention(q, k, v, causal=True, seq_ids=seq_ids, backend=cfg.attn_backend)  # [B, H, T, D]
+        if kv_cache is None:
+            out = attention(q, k, v, causal=True, seq_ids=seq_ids, backend=cfg.attn_backend)  # [B, H, T, D]
+        else:
+            k, v = kv_cache.write(layer, k, v)  # [B, Hkv, S, D], S = cached + T
+            out = prefix_causal_attention(q, k, v)  # [B, H, T, D]
         return self.proj(out.transpose(1, 2).reshape(batch, seq_len, -1))
 
 
@@ -109,8 +166,16 @@ class Block(nn.Module):
         self.mlp_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.mlp = SwiGLU(config.d_model, config.ffn_hidden)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, seq_ids: Tensor | None) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin, seq_ids)
+    def forward(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        seq_ids: Tensor | None,
+        kv_cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, seq_ids, kv_cache, layer)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -159,16 +224,25 @@ class LLM(nn.Module):
         inputs_embeds: Tensor | None = None,
         position_ids: Tensor | None = None,
         seq_ids: Tensor | None = None,
+        kv_cache: KVCache | None = None,
     ) -> Tensor:
         """Final-norm hidden states ``[B, T, d_model]``; see :meth:`forward` for the arguments."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # [B, T, d]
+        offset = 0
+        if kv_cache is not None:
+            if seq_ids is not None:
+                raise ValueError("Packed seq_ids are not supported together with a KV cache; pass one or the other.")
+            kv_cache.check_fits(x.shape[0], x.shape[1])
+            offset = kv_cache.length
         if position_ids is None:
-            position_ids = _default_positions(x, seq_ids)
+            position_ids = _default_positions(x, seq_ids, offset)
         cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.rope_base, x.dtype)
-        for block in self.blocks:
-            x = block(x, cos, sin, seq_ids)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cos, sin, seq_ids, kv_cache, layer)
+        if kv_cache is not None:
+            kv_cache.advance(x.shape[1])
         return self.norm(x)
 
     def forward(
@@ -177,6 +251,7 @@ class LLM(nn.Module):
         inputs_embeds: Tensor | None = None,
         position_ids: Tensor | None = None,
         seq_ids: Tensor | None = None,
+        kv_cache: KVCache | None = None,
     ) -> Tensor:
         """Next-token logits.
 
@@ -185,11 +260,30 @@ class LLM(nn.Module):
             inputs_embeds: ``[B, T, d_model]`` input embeddings, e.g. with image features spliced in.
             position_ids: ``[B, T]`` RoPE positions; default restarts at each packed document.
             seq_ids: ``[B, T]`` packed-document ids (tokens attend within their id); None = one document a row.
+            kv_cache: decoding state from :meth:`new_kv_cache`. The inputs are the tokens after the cached
+                ones: they attend to the whole cached prefix and causally among themselves, positions default
+                to ``length .. length+T-1``, and the cache grows by ``T``. Not combinable with ``seq_ids``;
+                always runs on SDPA, whatever ``attn_backend`` says.
 
         Returns:
             ``[B, T, vocab_size]`` logits.
         """
-        return self.lm_head(self.hidden_states(input_ids, inputs_embeds, position_ids, seq_ids))
+        return self.lm_head(self.hidden_states(input_ids, inputs_embeds, position_ids, seq_ids, kv_cache))
+
+    def new_kv_cache(
+        self, batch_size: int, max_len: int, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> KVCache:
+        """An empty :class:`KVCache` for ``batch_size`` rows of up to ``max_len`` positions.
+
+        Device and dtype default to the embedding weight's.
+        """
+        cfg, weight = self.config, self.embed.weight
+        shape = (batch_size, cfg.n_kv_heads, max_len, cfg.head_dim)
+        kwargs = {"device": device or weight.device, "dtype": dtype or weight.dtype}
+        return KVCache(
+            keys=[torch.zeros(shape, **kwargs) for _ in range(cfg.n_layers)],
+            values=[torch.zeros(shape, **kwargs) for _ in range(cfg.n_layers)],
+        )
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameter count (tied weights once); ``non_embedding`` leaves the token embedding out."""
@@ -209,10 +303,10 @@ class LLM(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.dim() < 2)
 
 
-def _default_positions(x: Tensor, seq_ids: Tensor | None) -> Tensor:
+def _default_positions(x: Tensor, seq_ids: Tensor | None, offset: int = 0) -> Tensor:
     if seq_ids is not None:
         return position_ids_from_seq_ids(seq_ids)
-    return torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
+    return torch.arange(offset, offset + x.shape[1], device=x.device).expand(x.shape[0], -1)
 
 
 @register_preset("llm", "tiny")

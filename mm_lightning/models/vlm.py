@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mm_lightning.losses.next_token import IGNORE_INDEX
 from mm_lightning.models.llm import LLM
 from mm_lightning.models.projector import Projector
 from mm_lightning.models.vit import ViT, split_grids
@@ -80,11 +79,6 @@ def expand_image_placeholders(token_ids: list[int], tokens_per_image: list[int],
     for token in token_ids:
         expanded.extend([token] * next(counts) if token == image_token_id else [token])
     return expanded
-
-
-def mask_image_labels(labels: Tensor, image_token_id: int) -> Tensor:
-    """Labels with every position whose *target* is an image token set to the ignore index."""
-    return labels.masked_fill(labels == image_token_id, IGNORE_INDEX)
 
 
 def build_vlm(llm: str = "tiny", vit: str = "tiny", projector: str = "tiny", image_token_id: int = 2) -> VLM:

@@ -3,6 +3,8 @@
 ``attention(q, k, v, causal=..., seq_ids=..., backend=...)`` takes heads-first tensors, grouped-query
 keys/values and optional packed-sequence ids (see ``ops/packing.py``). xformers is imported lazily and
 only on a CUDA device: on a machine without CUDA it is never imported (it warns and has no CPU kernels).
+``prefix_causal_attention`` serves KV-cached decoding: queries are the newest tokens of a longer key
+sequence; it always runs on SDPA (xformers' block-diagonal masks have no cached-prefix form here).
 """
 
 from __future__ import annotations
@@ -102,3 +104,27 @@ def _xformers_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, seq_id
     mask_cls = fmha.attn_bias.BlockDiagonalCausalMask if causal else fmha.attn_bias.BlockDiagonalMask
     out = fmha.memory_efficient_attention(q_, k_, v_, attn_bias=mask_cls.from_seqlens(seqlens))
     return out.reshape(batch, seq_len, n_heads, head_dim).transpose(1, 2)
+
+
+def prefix_causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Causal attention of the newest ``T`` tokens over a cached prefix plus themselves, on SDPA.
+
+    Query ``i`` sits at key position ``S - T + i``: it sees the whole prefix and the new tokens up to itself.
+
+    Args:
+        q: ``[B, H, T, D]`` queries of the new tokens.
+        k: ``[B, Hkv, S, D]`` keys of prefix and new tokens, ``S >= T``.
+        v: ``[B, Hkv, S, D]`` values.
+
+    Returns:
+        ``[B, H, T, D]`` attention output.
+    """
+    new_len, total_len = q.shape[2], k.shape[2]
+    gqa = q.shape[1] != k.shape[1]
+    if new_len == 1:  # a single decode token sees everything
+        return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+    if new_len == total_len:  # prefill: plain causal
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    query_pos = torch.arange(total_len - new_len, total_len, device=q.device)[:, None]  # [T, 1]
+    mask = torch.arange(total_len, device=q.device)[None] <= query_pos  # [T, S]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)

@@ -109,11 +109,15 @@ class StageModule(pl.LightningModule):
             "global_step": self.pipeline_step,
             "schedule": dataclasses.asdict(self.schedule),
             "backbones": {kind: dataclasses.asdict(module.config) for kind, module in backbones.items()},
+            "prefixes": {kind: self._state_dict_prefix(module) for kind, module in backbones.items()},
             "tokens_seen": self.tokens_seen,
         }
         if "llm" in backbones:
             meta["rope_base"] = backbones["llm"].rope_base
         return meta
+
+    def _state_dict_prefix(self, module: nn.Module) -> str:
+        return next(f"{name}." for name, candidate in self.named_modules() if candidate is module)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[META_KEY] = self.checkpoint_metadata()

@@ -1,0 +1,162 @@
+"""Autoregressive text generation for the LLM (and anything with its forward signature); no Lightning.
+
+:func:`generate` decodes greedily or by sampling (temperature, top-k, nucleus/top-p as in Holtzman et al.
+2020) with a KV cache (:class:`~mm_lightning.models.llm.KVCache`) or, as the reference, by re-running the
+whole sequence every step. The prompt may be token ids or embeddings, so the VLM can pass text embeddings
+with image features spliced in; the new tokens are then embedded with ``model.embed``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def top_k_filter(logits: Tensor, k: int) -> Tensor:
+    """Set all but the ``k`` largest logits of each row to ``-inf``. ``[B, V] -> [B, V]``."""
+    if k <= 0:
+        raise ValueError(f"top_k must be positive, got {k}")
+    kth_largest = torch.topk(logits, min(k, logits.shape[-1]), dim=-1).values[:, -1:]  # [B, 1]
+    return logits.masked_fill(logits < kth_largest, float("-inf"))
+
+
+def top_p_filter(logits: Tensor, p: float) -> Tensor:
+    """Nucleus filter: keep the smallest set of most likely tokens whose probability reaches ``p``.
+
+    Args:
+        logits: ``[B, V]`` logits.
+        p: probability mass in ``(0, 1]``.
+
+    Returns:
+        ``[B, V]`` logits with the tokens outside the nucleus set to ``-inf``; the top token always stays.
+    """
+    if not 0 < p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {p}")
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # [B, V]
+    sorted_probs = sorted_logits.softmax(dim=-1)
+    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # [B, V] mass of the more likely tokens
+    drop_sorted = mass_before >= p  # the set already reached p without this token
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)  # back to vocabulary order
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def sample_next_token(
+    logits: Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Pick one token per row from next-token logits.
+
+    Args:
+        logits: ``[B, V]`` logits.
+        temperature: divides the logits before sampling; ``0`` means greedy.
+        top_k: keep only the ``k`` most likely tokens.
+        top_p: keep only the nucleus of probability mass ``p`` (after top-k).
+        greedy: take the argmax, ignoring the sampling options.
+        generator: random generator for reproducible sampling.
+
+    Returns:
+        ``[B]`` int64 token ids.
+    """
+    if greedy or temperature == 0:
+        return logits.argmax(dim=-1)
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    logits = logits.float() / temperature
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None:
+        logits = top_p_filter(logits, top_p)
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)[:, 0]
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    input_ids: Tensor | None = None,
+    max_new_tokens: int = 32,
+    *,
+    inputs_embeds: Tensor | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    greedy: bool = False,
+    eos_id: int | None = None,
+    use_cache: bool = True,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Continue each prompt by up to ``max_new_tokens`` tokens.
+
+    Prompts in a batch share one length (no padding mask). A row stops at its first ``eos_id`` and is
+    padded with ``eos_id`` after it; decoding ends early once every row has stopped.
+
+    Args:
+        model: the LLM, or any module with its ``forward(input_ids=, inputs_embeds=, kv_cache=)`` and
+            ``new_kv_cache`` (for ``use_cache``) and ``embed`` (for ``inputs_embeds``).
+        input_ids: ``[B, T]`` prompt token ids (or pass ``inputs_embeds``).
+        max_new_tokens: most tokens to add.
+        inputs_embeds: ``[B, T, d_model]`` prompt embeddings, e.g. text with image features spliced in.
+        temperature: sampling temperature (see :func:`sample_next_token`).
+        top_k: top-k filter for sampling.
+        top_p: nucleus filter for sampling.
+        greedy: argmax decoding.
+        eos_id: end-of-sequence token that stops a row.
+        use_cache: decode with a KV cache; False re-runs the full sequence every step (the reference).
+        generator: random generator for sampling.
+
+    Returns:
+        ``[B, T_new]`` new token ids, ``T_new <= max_new_tokens``.
+    """
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
+    prompt = input_ids if input_ids is not None else inputs_embeds
+    batch, prompt_len = prompt.shape[:2]
+    if max_new_tokens <= 0:
+        return torch.zeros(batch, 0, dtype=torch.long, device=prompt.device)
+    as_embeds = inputs_embeds is not None
+    step = _CachedStep(model, batch, prompt_len + max_new_tokens) if use_cache else _FullStep(model)
+    logits = step(prompt, as_embeds)  # [B, V]
+    finished = torch.zeros(batch, dtype=torch.bool, device=prompt.device)
+    tokens: list[Tensor] = []  # T_new x [B]
+    for i in range(max_new_tokens):
+        token = sample_next_token(
+            logits, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, generator=generator
+        )  # [B]
+        if eos_id is not None:
+            token = token.masked_fill(finished, eos_id)
+            finished |= token == eos_id
+        tokens.append(token)
+        if i == max_new_tokens - 1 or bool(finished.all()):
+            break
+        new = token[:, None]  # [B, 1]
+        logits = step(model.embed(new) if as_embeds else new, as_embeds)
+    return torch.stack(tokens, dim=1)  # [B, T_new]
+
+
+class _CachedStep:
+    """Feeds only the new tokens; the KV cache holds the rest."""
+
+    def __init__(self, model: nn.Module, batch: int, max_len: int) -> None:
+        self.model = model
+        self.cache = model.new_kv_cache(batch, max_len)
+
+    def __call__(self, new: Tensor, as_embeds: bool) -> Tensor:
+        key = "inputs_embeds" if as_embeds else "input_ids"
+        return self.model(**{key: new}, kv_cache=self.cache)[:, -1]  # [B, V]
+
+
+class _FullStep:
+    """Appends the new tokens and re-runs the whole sequence (no cache)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.sequence: Tensor | None = None
+
+    def __call__(self, new: Tensor, as_embeds: bool) -> Tensor:
+        self.sequence = new if self.sequence is None else torch.cat((self.sequence, new), dim=1)
+        key = "inputs_embeds" if as_embeds else "input_ids"
+        return self.model(**{key: self.sequence})[:, -1]  # [B, V]
