@@ -1,6 +1,7 @@
 """The ``mm-lightning`` command: a LightningCLI whose stages are ``fit`` plus a config file.
 
-``mm-lightning fit --config configs/text_pretrain/tiny.yaml`` runs a stage; the YAML picks the stage
+``mm-lightning fit --config configs/text_pretrain/tiny.yaml`` runs a stage (``mm-lightning generate`` samples
+from a checkpoint, see ``generate_cli.py``); the YAML picks the stage
 module and datamodule by ``class_path``; stacked ``--config`` files override only what changes.
 Lightning's other subcommands (``validate``, ``test``, ``predict``) work the same way.
 """
@@ -44,6 +45,11 @@ def main() -> None:
     # deprecation noise from inside Lightning and litdata, not actionable by users of the command
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     warnings.filterwarnings("ignore", message="The given buffer is not writable")
+    if sys.argv[1:2] == ["generate"]:
+        from mm_lightning.generate_cli import main as generate_main
+
+        generate_main(sys.argv[2:])
+        return
     try:
         build_cli()
     except Exception as error:

@@ -1,7 +1,8 @@
 """One thin LightningModule per stage of the recipe, over a shared base."""
 
+from mm_lightning.stages.align import AlignStage
 from mm_lightning.stages.base import StageModule
 from mm_lightning.stages.text_pretrain import TextPretrainStage
 from mm_lightning.stages.vit_coca import ViTCoCaStage
 
-__all__ = ["StageModule", "TextPretrainStage", "ViTCoCaStage"]
+__all__ = ["AlignStage", "StageModule", "TextPretrainStage", "ViTCoCaStage"]

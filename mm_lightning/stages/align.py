@@ -1,0 +1,99 @@
+"""Stage 2b of the Kimi-VL recipe: align the CoCa-trained ViT to the frozen stage-1 LLM.
+
+The LLM comes from the text stage's checkpoint and the ViT from the CoCa stage's, each rebuilt from the
+configuration its checkpoint recorded; a new projector (pixel shuffle + MLP) joins them. The LLM is frozen
+(no gradients, no optimizer state); the ViT and projector learn to caption images through it. The LR
+schedule is this stage's own: it does not continue stage 1's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torchmetrics import MeanMetric
+
+from mm_lightning.checkpoint import load_backbone
+from mm_lightning.data.multimodal import caption_rows
+from mm_lightning.data.tokenizer import SPECIAL_TOKENS
+from mm_lightning.losses import NextTokenLoss
+from mm_lightning.models.vlm import VLM
+from mm_lightning.optim import OptimizerConfig
+from mm_lightning.registry import build_backbone
+from mm_lightning.schedules import LRSchedule
+from mm_lightning.stages.base import StageModule
+
+IMAGE_TOKEN_ID = SPECIAL_TOKENS.index("<|image|>")
+
+
+class AlignStage(StageModule):
+    """Captioning through the frozen LLM trains the ViT and the projector.
+
+    Args:
+        llm_checkpoint: a stage-1 (text pre-training) checkpoint.
+        vit_checkpoint: a stage-2a (ViT CoCa) checkpoint.
+        projector: projector preset; its widths follow the two checkpoints' backbones.
+        projector_overrides: projector config fields to override (e.g. ``shuffle_factor``).
+        optimizer: optimizer choice and hyper-parameters.
+        schedule: this stage's own LR schedule.
+        activation_checkpointing: recompute block activations in backward.
+        compile: ``torch.compile`` each block.
+    """
+
+    def __init__(
+        self,
+        llm_checkpoint: str,
+        vit_checkpoint: str,
+        projector: str = "tiny",
+        projector_overrides: dict[str, Any] | None = None,
+        optimizer: OptimizerConfig | None = None,
+        schedule: LRSchedule | None = None,
+        activation_checkpointing: bool = False,
+        compile: bool = False,
+    ) -> None:
+        super().__init__(optimizer, schedule, 0, activation_checkpointing, compile)
+        self.save_hyperparameters()
+        self.llm = load_backbone(llm_checkpoint, "llm").requires_grad_(False)
+        self.vit = load_backbone(vit_checkpoint, "vit")
+        widths = {"vision_dim": self.vit.config.d_model, "llm_dim": self.llm.config.d_model}
+        self.projector = build_backbone("projector", projector, **{**widths, **(projector_overrides or {})})
+        self.loss = NextTokenLoss()
+        self.val_loss = MeanMetric()
+
+    def backbones(self) -> dict[str, torch.nn.Module]:
+        return {"llm": self.llm, "vit": self.vit, "projector": self.projector}
+
+    @property
+    def vlm(self) -> VLM:
+        """The assembled model (a view over this stage's backbones, not a second copy)."""
+        return VLM(self.llm, self.vit, self.projector, IMAGE_TOKEN_ID)
+
+    def setup(self, stage: str) -> None:
+        self.check_vocab_fits(self.llm.config.vocab_size, "llm")
+
+    def on_train_epoch_start(self) -> None:
+        self.llm.eval()  # frozen: no dropout or norm statistics to update, and none to drift
+
+    def caption_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
+        """Next-token loss over the captions given the images, and the number of caption targets."""
+        rows = caption_rows(batch, self.projector.num_tokens, IMAGE_TOKEN_ID)
+        logits = self.vlm(rows["input_ids"], batch["patches"], batch["grid_hw"], batch["seq_ids"],
+                          position_ids=rows["position_ids"], seq_ids=rows["seq_ids"])  # fmt: skip
+        return self.loss(logits, rows["labels"])["loss"], int((rows["labels"] >= 0).sum())
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, targets = self.caption_loss(batch)
+        self.log_losses({"caption": loss, "loss": loss}, "train", sync_dist=True)
+        self.count_tokens(batch["patches"].shape[1] + targets)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        loss, targets = self.caption_loss(batch)
+        self.val_loss.update(loss, weight=targets)
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()
+        self.val_loss.reset()
+        self.log("val/caption", loss, prog_bar=True)
+        when = "sanity check before training" if self.trainer.sanity_checking else f"step {self.global_step}"
+        self.print(f"{when}: val/caption {loss.item():.4f}")
