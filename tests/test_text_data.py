@@ -134,13 +134,13 @@ def test_demo_sotu_builds_into_the_cache(demo_sotu: Path, mm_cache: Path) -> Non
 
 
 def test_captions_demo_shares_the_sotu_tokenizer_and_holds_no_val_captions(demo_sotu: Path) -> None:
-    from mm_lightning.data.demo import DEMO_IMAGE_TEXTS, ensure_demo_text
+    from mm_lightning.data.demo import DEMO_IMAGE_TEXTS, DEMO_TEXTS, ensure_demo_text
     from mm_lightning.data.emoji_scenes import SceneConfig, generate_scene
 
     root = ensure_demo_text("demo:sotu-captions")
     assert (root / "tokenizer.json").read_bytes() == (demo_sotu / "tokenizer.json").read_bytes()
     summary = json.loads((root / "prep_summary.json").read_text())
-    assert summary["documents"] == 233 + DEMO_IMAGE_TEXTS["emoji-scenes"].train_scenes
+    assert summary["documents"] == 233 + DEMO_TEXTS["sotu-captions"].caption_documents
     config = SceneConfig(vocab_size=DEMO_IMAGE_TEXTS["emoji-scenes"].vocab_size)
     train = {generate_scene(config, "train", i).composition for i in range(200)}
     val = {generate_scene(config, "val", i).composition for i in range(200)}

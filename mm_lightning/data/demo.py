@@ -37,7 +37,9 @@ class DemoText:
     val_fraction: float = 0.02
     """Share of documents held out for validation."""
     captions_from: str | None = None
-    """An image-text demo whose *train* captions join the corpus as documents (never its val compositions)."""
+    """An image-text demo whose *train-split* captions join the corpus as documents (never val compositions)."""
+    caption_documents: int = 0
+    """How many train-split scene captions to add (scenes beyond the image demo's own are new train scenes)."""
     tokenizer_demo: str | None = None
     """Another text demo whose tokenizer to reuse instead of training one (keeps one vocabulary)."""
 
@@ -48,7 +50,11 @@ DEMO_TEXTS = {
     # the speeches plus the emoji-scene train captions: a stage-1 LLM that knows the captions' language, so the
     # frozen LLM of the alignment stage can express them (the speeches alone leave it at ~7.5 nats per token)
     "sotu-captions": DemoText(
-        source=_SOTU, version="v1", captions_from="demo:emoji-scenes", tokenizer_demo="demo:sotu"
+        source=_SOTU,
+        version="v2",
+        captions_from="demo:emoji-scenes",
+        caption_documents=32768,
+        tokenizer_demo="demo:sotu",
     ),
 }
 
@@ -112,7 +118,8 @@ def ensure_demo_text(name: str) -> Path:
     try:
         inputs = [demo.source]
         if demo.captions_from is not None:
-            inputs.append(_write_train_captions(demo.captions_from, building / "captions.jsonl"))
+            captions = building / "captions.jsonl"
+            inputs.append(_write_train_captions(demo.captions_from, demo.caption_documents, captions))
         tokenizer = ensure_demo_text(demo.tokenizer_demo) / "tokenizer.json" if demo.tokenizer_demo else None
         output = building / "shards"
         prepare_text_shards(
@@ -125,8 +132,8 @@ def ensure_demo_text(name: str) -> Path:
     return target
 
 
-def _write_train_captions(image_demo: str, path: Path) -> Path:
-    """The train-split captions of an image-text demo as a jsonl corpus (one caption a document)."""
+def _write_train_captions(image_demo: str, count: int, path: Path) -> Path:
+    """``count`` train-split captions of an image-text demo as a jsonl corpus (one caption a document)."""
     import json
 
     from mm_lightning.data.emoji_scenes import SceneConfig, generate_scene
@@ -134,7 +141,7 @@ def _write_train_captions(image_demo: str, path: Path) -> Path:
     _, demo = _image_demo(image_demo)
     config = SceneConfig(vocab_size=demo.vocab_size)
     with open(path, "w", encoding="utf-8") as f:
-        for index in range(demo.train_scenes):
+        for index in range(count):
             f.write(json.dumps({"text": generate_scene(config, "train", index).caption}) + "\n")
     return path
 
