@@ -109,7 +109,7 @@ def test_interrupted_demo_build_leaves_no_cache(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setenv("MM_LIGHTNING_CACHE", str(tmp_path))
 
     def interrupted(*args, **kwargs):
-        (Path(args[1]) / "train").mkdir()
+        (Path(args[1]) / "train").mkdir(parents=True)  # the real prep creates its output folder
         raise KeyboardInterrupt
 
     monkeypatch.setattr("mm_lightning.data.text_prep.prepare_text_shards", interrupted)
