@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 from PIL import Image
 
-from mm_lightning.data.text_sources import SourceFile
+from mm_lightning.data.text_sources import SourceFile, discover_files
 from mm_lightning.errors import MMLightningError
 
 SOURCE_SUFFIXES = {".jsonl": "captions", ".csv": "captions", ".tar": "webdataset", ".parquet": "parquet"}
@@ -71,23 +71,10 @@ def find_image_sources(inputs: Sequence[str | Path]) -> list[SourceFile]:
     Raises:
         ImagePrepError: when an input does not exist, or there is no supported file at all.
     """
-    missing = [str(p) for p in inputs if not Path(p).exists()]
-    if missing:
-        raise ImagePrepError(f"Input path(s) not found: {', '.join(missing)}")
-    sources, seen = [], set()
-    for raw in inputs:
-        root = Path(raw)
-        candidates, base = ([root], root.parent) if root.is_file() else (sorted(root.rglob("*")), root)
-        for path in candidates:
-            kind = SOURCE_SUFFIXES.get(path.suffix.lower())
-            hidden = any(part.startswith(".") for part in path.relative_to(base).parts)
-            if kind and path.is_file() and not hidden and path.resolve() not in seen:
-                seen.add(path.resolve())
-                sources.append(SourceFile(path.resolve(), path.relative_to(base).as_posix(), kind))
-    if not sources:
-        names = ", ".join(str(p) for p in inputs) or "(no inputs given)"
-        raise ImagePrepError(f"No captions .jsonl/.csv, webdataset .tar or .parquet files found in: {names}")
-    return sources
+    return discover_files(
+        inputs, lambda path: SOURCE_SUFFIXES.get(path.suffix.lower()), ImagePrepError,
+        "No captions .jsonl/.csv, webdataset .tar or .parquet files",
+    )  # fmt: skip
 
 
 def caption_reason(caption: object) -> str | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, NamedTuple
@@ -64,16 +64,25 @@ def _hidden(path: Path, root: Path) -> bool:
 
 
 def find_source_files(inputs: Sequence[str | Path]) -> list[SourceFile]:
-    """The supported files of ``inputs`` (files, or folders searched recursively), sorted within each input.
-
-    Hidden files and folders (``.name``) inside a folder are left out; a file reached twice is read once.
+    """The text files (.txt, .jsonl, .parquet, .gz too) of ``inputs``; see :func:`discover_files`.
 
     Raises:
         TextPrepError: when an input does not exist, or there is no supported file at all.
     """
+    return discover_files(inputs, _kind_of, TextPrepError, "No .txt, .jsonl or .parquet files (optionally .gz)")
+
+
+def discover_files(
+    inputs: Sequence[str | Path], kind_of: Callable[[Path], str | None], error: type[Exception], none_found: str
+) -> list[SourceFile]:
+    """The files of ``inputs`` (files, or folders searched recursively) that ``kind_of`` recognises.
+
+    Sorted within each input; hidden files and folders (``.name``) inside a folder are left out; a file reached
+    twice is read once. Raises ``error`` when an input does not exist, or ``none_found`` when nothing matched.
+    """
     missing = [str(p) for p in inputs if not Path(p).exists()]
     if missing:
-        raise TextPrepError(f"Input path(s) not found: {', '.join(missing)}")
+        raise error(f"Input path(s) not found: {', '.join(missing)}")
     sources, seen = [], set()
     for raw in inputs:
         root = Path(raw)
@@ -82,13 +91,13 @@ def find_source_files(inputs: Sequence[str | Path]) -> list[SourceFile]:
         else:
             candidates, base = sorted(p for p in root.rglob("*") if p.is_file() and not _hidden(p, root)), root
         for path in candidates:
-            kind = _kind_of(path)
+            kind = kind_of(path)
             if kind is not None and path.resolve() not in seen:  # a file named twice is read once
                 seen.add(path.resolve())
                 sources.append(SourceFile(path.resolve(), path.relative_to(base).as_posix(), kind))
     if not sources:
         names = ", ".join(str(p) for p in inputs) or "(no inputs given)"
-        raise TextPrepError(f"No .txt, .jsonl or .parquet files (optionally .gz) found in: {names}")
+        raise error(f"{none_found} found in: {names}")
     return sources
 
 
