@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mm_lightning.data.text_prep import TextPrepError, prepare_text_shards
+from mm_lightning.data.text_prep import CHUNK_TOKENS, TextPrepError, prepare_text_shards
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--strict", action="store_true", help="fail at the first bad record instead of skipping")
     parser.add_argument("--num-workers", type=int, default=None, help="tokenizing processes (default: CPU count)")
     parser.add_argument("--overwrite", action="store_true", help="replace prepared data already in --output")
+    parser.add_argument(
+        "--chunk-tokens", type=int, default=CHUNK_TOKENS, help=f"tokens per litdata chunk (default: {CHUNK_TOKENS})"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -35,7 +38,7 @@ def print_summary(summary: dict) -> None:
     """A few lines on what was written."""
     print(f"Prepared {summary['documents']} documents, {summary['tokens']} tokens in {summary['seconds']} s")
     for split, stats in summary["splits"].items():
-        print(f"  {split:5s}: {stats['documents']} documents, {stats['tokens']} tokens")
+        print(f"  {split:5s}: {stats['documents']} documents, {stats['tokens']} tokens, {stats['chunks']} chunk(s)")
     skipped = ", ".join(f"{n} {reason}" for reason, n in summary["skipped"].items()) or "none"
     print(f"  skipped: {skipped}")
     print(f"  tokenizer: {summary['tokenizer']['source']} (vocab {summary['tokenizer']['vocab_size']})")
@@ -56,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             num_workers=args.num_workers,
             overwrite=args.overwrite,
             progress=not args.quiet,
+            chunk_tokens=args.chunk_tokens,
         )
     except (TextPrepError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

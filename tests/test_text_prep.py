@@ -127,6 +127,22 @@ def test_split_is_deterministic_and_tokenizer_can_be_given(tmp_path: Path) -> No
     assert first["splits"] == second["splits"]
 
 
+def test_small_chunks_keep_every_document(tmp_path: Path) -> None:
+    # short runs mix only the chunks they visit: chunk size is a knob, and small chunks lose nothing
+    docs = random_docs(120, seed=7)
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    summary = prepare_text_shards([tmp_path / "c.jsonl"], tmp_path / "out", vocab_size=300, num_workers=1,
+                                  chunk_tokens=256, progress=False)  # fmt: skip
+    train = summary["splits"]["train"]
+    assert train["chunks"] == len(list((tmp_path / "out" / "train").glob("chunk-*.bin")))
+    assert train["chunks"] >= train["tokens"] // 256 - 1 >= 3
+    tok = tokenizer_lib.load_tokenizer(tmp_path / "out" / "tokenizer.json")
+    written = [doc for split in ("train", "val") for doc in read_documents(tmp_path / "out" / split, tok)]
+    assert Counter(written) == Counter(docs)
+    with pytest.raises(TextPrepError, match="chunk_tokens must be positive"):
+        prepare_text_shards([tmp_path / "c.jsonl"], tmp_path / "o2", vocab_size=300, chunk_tokens=0)
+
+
 def test_one_file_is_shared_between_workers(tmp_path: Path) -> None:
     docs = random_docs(200, seed=5)
     (tmp_path / "all.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))

@@ -49,7 +49,10 @@ from mm_lightning.data.text_sources import (
 
 SPLITS = ("train", "val")
 STRICT_REASONS = ("invalid_utf8", "malformed_json", "missing_text")
-CHUNK_TOKENS = 1 << 24  # tokens per litdata chunk (32 MiB at uint16)
+# Tokens per litdata chunk by default (8 MiB at uint16). Training shuffles the order of chunks and the blocks inside
+# each chunk, but reads one chunk at a time, so a run shorter than the corpus only mixes as many documents as the
+# chunks it visits: small corpora (and the demos) want small chunks; a large corpus has thousands of them anyway.
+CHUNK_TOKENS = 1 << 22
 MAX_REPORTED = 100  # bad records printed one by one; all of them are counted
 _ENCODE_BATCH = 256
 # fork starts litdata workers in milliseconds (spawn re-imports torch in each worker and helper process: ~5 s
@@ -197,6 +200,7 @@ def prepare_text_shards(
     overwrite: bool = False,
     progress: bool = True,
     report: Callable[[str], None] | None = None,
+    chunk_tokens: int = CHUNK_TOKENS,
 ) -> dict:
     """Tokenize a corpus into ``output_dir/{tokenizer.json,train/,val/,prep_summary.json}``.
 
@@ -213,6 +217,8 @@ def prepare_text_shards(
         overwrite: replace the prepared data already in ``output_dir``.
         progress: show progress bars.
         report: where bad-record messages go (default: stderr).
+        chunk_tokens: tokens per litdata chunk; a run that streams a fraction of the corpus mixes documents
+            from only the chunks it visits, so keep chunks to a small share of the corpus.
 
     Returns:
         The summary also written to ``prep_summary.json``.
@@ -222,6 +228,8 @@ def prepare_text_shards(
     """
     if not 0.0 <= val_fraction < 1.0:
         raise TextPrepError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if chunk_tokens < 1:
+        raise TextPrepError(f"chunk_tokens must be positive, got {chunk_tokens}")
     start = time.perf_counter()
     out = Path(output_dir)
     existing = _existing_outputs(out, overwrite)
@@ -236,7 +244,7 @@ def prepare_text_shards(
     dtype = torch.uint16 if tok.get_vocab_size() <= 1 << 16 else torch.int32
     writer = ShardWriter(scan, str(out / "tokenizer.json"), dtype)
     for split in SPLITS:
-        _write_split(writer, out / split, split, num_workers, progress)
+        _write_split(writer, out / split, split, num_workers, progress, chunk_tokens)
     summary = _summarize(scan, out, tok, inputs, tokenizer, time.perf_counter() - start)
     (out / "prep_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
@@ -280,12 +288,14 @@ def _check_documents(scan: CorpusScan, inputs: Sequence[str | Path]) -> None:
     raise TextPrepError(f"Only one usable document in {names} ({found}); at least 2 are needed (train and val)")
 
 
-def _write_split(writer: ShardWriter, out: Path, split: str, num_workers: int | None, progress: bool) -> None:
+def _write_split(
+    writer: ShardWriter, out: Path, split: str, num_workers: int | None, progress: bool, chunk_tokens: int
+) -> None:
     items = split_work(writer.scan, split, num_workers or os.cpu_count() or 1)
     workers = max(1, min(num_workers or os.cpu_count() or 1, len(items)))
     previous_start_method = multiprocessing.get_start_method(allow_none=True)
     try:
-        _optimize(writer, items, out, workers, progress)
+        _optimize(writer, items, out, workers, progress, chunk_tokens)
     finally:  # litdata sets the process-wide start method; give the caller's back
         multiprocessing.set_start_method(previous_start_method, force=True)
 
@@ -300,12 +310,12 @@ def split_work(scan: CorpusScan, split: str, workers: int) -> list[WorkItem]:
     return items
 
 
-def _optimize(writer: ShardWriter, items: list[WorkItem], out: Path, workers: int, progress: bool):
+def _optimize(writer: ShardWriter, items: list[WorkItem], out: Path, workers: int, progress: bool, chunk_tokens: int):
     litdata.optimize(
         fn=writer,
         inputs=items,
         output_dir=str(out),
-        chunk_size=CHUNK_TOKENS,
+        chunk_size=chunk_tokens,
         item_loader=litdata.TokensLoader(),
         num_workers=workers,
         reorder_files=False,
@@ -316,11 +326,12 @@ def _optimize(writer: ShardWriter, items: list[WorkItem], out: Path, workers: in
 
 
 def read_split_stats(split_dir: Path) -> dict[str, int]:
-    """Documents and tokens (EOD included) of one written split, from its litdata ``index.json``."""
+    """Documents, tokens (EOD included) and chunks of one written split, from its litdata ``index.json``."""
     chunks = json.loads((split_dir / "index.json").read_text(encoding="utf-8"))["chunks"]
     return {
         "documents": sum(c["chunk_size"] for c in chunks),
         "tokens": sum(c["dim"] or 0 for c in chunks),
+        "chunks": len(chunks),
     }
 
 
