@@ -10,6 +10,7 @@ sequence; it always runs on SDPA (xformers' block-diagonal masks have no cached-
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Literal
 
 import torch
@@ -25,14 +26,31 @@ BACKENDS = ("auto", "sdpa", "xformers")
 
 @functools.cache
 def xformers_available() -> bool:
-    """True when CUDA is present and xformers' memory-efficient kernels import."""
+    """True when CUDA is present and xformers' memory-efficient kernels import *and run* there.
+
+    A wheel built for another torch or CUDA imports fine but has no kernels (seen on an H200 with torch
+    2.11+cu130 and xformers 0.0.35, built for 2.10+cu128), so one tiny bf16 call decides; the reason for a
+    refusal is warned once and ``auto`` falls back to SDPA.
+    """
     if not torch.cuda.is_available():
         return False
+    error = xformers_probe_error("cuda")
+    if error is not None:
+        warnings.warn(f"xformers is not usable here, attention falls back to SDPA: {error}", stacklevel=2)
+    return error is None
+
+
+def xformers_probe_error(device: str) -> str | None:
+    """Why xformers' memory-efficient attention fails on ``device`` (None when a tiny bf16 call runs)."""
     try:
-        import xformers.ops  # noqa: F401
-    except Exception:  # any import failure (missing, ABI mismatch) means "not available"
-        return False
-    return True
+        from xformers.ops import fmha
+
+        x = torch.zeros(1, 4, 2, 64, device=device, dtype=torch.bfloat16)
+        bias = fmha.attn_bias.BlockDiagonalCausalMask.from_seqlens([2, 2])
+        fmha.memory_efficient_attention(x, x, x, attn_bias=bias)
+    except Exception as err:  # missing, ABI mismatch, no kernels for this GPU or dtype
+        return f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+    return None
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -47,7 +65,8 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         return "xformers" if device.type == "cuda" and xformers_available() else "sdpa"
     if backend == "xformers" and (device.type != "cuda" or not xformers_available()):
         raise ConfigError(
-            f"attention backend 'xformers' needs a CUDA device with xformers installed (got device {device}); "
+            f"attention backend 'xformers' needs a CUDA device where xformers' kernels run (got device {device}"
+            f"{'' if device.type != 'cuda' else ': ' + str(xformers_probe_error('cuda'))}); "
             "use 'sdpa' or 'auto'."
         )
     return backend
@@ -92,18 +111,28 @@ def _xformers_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, seq_id
     from xformers.ops import fmha
 
     batch, n_heads, seq_len, head_dim = q.shape
-    groups = n_heads // k.shape[1]
-    # xformers wants [1, B*T, H, D] with a block-diagonal bias over the flattened batch
-    q_ = q.transpose(1, 2).reshape(1, batch * seq_len, n_heads, head_dim)
-    k_ = k.repeat_interleave(groups, dim=1).transpose(1, 2).reshape(1, batch * seq_len, n_heads, head_dim)
-    v_ = v.repeat_interleave(groups, dim=1).transpose(1, 2).reshape(1, batch * seq_len, n_heads, head_dim)
-    if seq_ids is None:
-        seqlens = [seq_len] * batch
-    else:
-        seqlens = seqlens_from_seq_ids(seq_ids)
+    q_, k_, v_ = xformers_inputs(q, k, v)
+    seqlens = [seq_len] * batch if seq_ids is None else seqlens_from_seq_ids(seq_ids)
     mask_cls = fmha.attn_bias.BlockDiagonalCausalMask if causal else fmha.attn_bias.BlockDiagonalMask
     out = fmha.memory_efficient_attention(q_, k_, v_, attn_bias=mask_cls.from_seqlens(seqlens))
     return out.reshape(batch, seq_len, n_heads, head_dim).transpose(1, 2)
+
+
+def xformers_inputs(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``[B, H, T, D]`` (GQA keys/values) to xformers' ``[1, B*T, H, D]`` layout, all in one dtype.
+
+    Autocast does not reach xformers' custom op, and under bf16 autocast the projections come out in bf16
+    while RoPE (computed in float32) promotes q and k: all three go to the autocast dtype when it is on.
+    """
+    batch, n_heads, seq_len, head_dim = q.shape
+    groups = n_heads // k.shape[1]
+    device = q.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else q.dtype
+
+    def flat(t: Tensor) -> Tensor:
+        return t.to(dtype).transpose(1, 2).reshape(1, batch * seq_len, n_heads, head_dim)
+
+    return flat(q), flat(k.repeat_interleave(groups, dim=1)), flat(v.repeat_interleave(groups, dim=1))
 
 
 def prefix_causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
