@@ -10,8 +10,8 @@ import pytest
 from mm_lightning.cli import MMLightningCLI, build_cli
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-STAGE_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if "model:" in p.read_text())
-OVERLAYS = sorted(p for p in CONFIGS.rglob("*.yaml") if "model:" not in p.read_text())
+STAGE_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if "class_path: mm_lightning.stages." in p.read_text())
+OVERLAYS = sorted(p for p in CONFIGS.rglob("*.yaml") if "class_path: mm_lightning.stages." not in p.read_text())
 
 
 class ParseOnlyCLI(MMLightningCLI):

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mm_lightning.checkpoint import load_checkpoint
 
@@ -25,7 +26,7 @@ def test_cli_fit_on_demo_data_learns_and_writes_logs_and_checkpoints(tmp_path, d
     run = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
 
-    start = [float(v) for v in re.findall(r"sanity check before training: val/loss ([\d.]+)", run.stdout)]
+    start = [float(v) for v in re.findall(r"before training 0: val/loss ([\d.]+)", run.stdout)]
     val_losses = [float(v) for v in re.findall(r"step \d+: val/loss ([\d.]+)", run.stdout)]
     assert len(start) == 1 and len(val_losses) == 3, run.stdout[-2000:]
     assert start[0] > 8.5  # ln(8192) = 9.0: the untrained model on the same validation batches
@@ -34,7 +35,11 @@ def test_cli_fit_on_demo_data_learns_and_writes_logs_and_checkpoints(tmp_path, d
     assert "Epoch 0:" in run.stdout + run.stderr  # the progress bar
 
     run_dir = tmp_path / "runs" / "text_pretrain_tiny"
-    assert list(run_dir.glob("version_0/events.out.tfevents.*")), "no TensorBoard log"
+    events = list(run_dir.glob("version_0/events.out.tfevents.*"))
+    assert events, "no TensorBoard log"
+    logged = EventAccumulator(str(events[0])).Reload().Scalars("val/loss")
+    assert [e.step for e in logged] == [0, 20, 40, 60]  # the starting value is on the curve at step 0
+    assert logged[0].value == pytest.approx(start[0], abs=1e-4)
     meta = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["mm_lightning"]
     assert meta["global_step"] == 60 and meta["rope_base"] == 50_000.0
     assert meta["tokens_seen"] == 60 * 8 * 128

@@ -94,6 +94,4 @@ class AlignStage(StageModule):
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()
         self.val_loss.reset()
-        self.log("val/caption", loss, prog_bar=True)
-        when = "sanity check before training" if self.trainer.sanity_checking else f"step {self.global_step}"
-        self.print(f"{when}: val/caption {loss.item():.4f}")
+        self.report_validation({"val/caption": loss.item()}, headline="val/caption")

@@ -19,7 +19,7 @@ from mm_lightning.checkpoint import META_KEY, to_plain
 from mm_lightning.errors import ConfigError
 from mm_lightning.optim import OptimizerConfig, build_optimizer
 from mm_lightning.parallel import parallelize
-from mm_lightning.schedules import LRSchedule, build_lr_scheduler
+from mm_lightning.schedules import LRSchedule, build_lr_scheduler, check_table
 
 
 class StageModule(pl.LightningModule):
@@ -44,6 +44,7 @@ class StageModule(pl.LightningModule):
         super().__init__()
         self.optimizer_config = optimizer or OptimizerConfig()
         self.schedule = schedule or LRSchedule()
+        self.schedule_table: list[LRSchedule] = [self.schedule]  # callbacks may continue or extend it
         self.global_step_offset = global_step_offset
         self.activation_checkpointing = activation_checkpointing
         self.compile_blocks = compile
@@ -74,8 +75,9 @@ class StageModule(pl.LightningModule):
         self._parallelized = True
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = build_optimizer(self, self.optimizer_config, lr=self.schedule.peak_lr)
-        scheduler = build_lr_scheduler(optimizer, self.schedule, step_offset=self.global_step_offset)
+        table = check_table(self.schedule_table)
+        optimizer = build_optimizer(self, self.optimizer_config, lr=table[0].peak_lr)
+        scheduler = build_lr_scheduler(optimizer, table, step_offset=self.global_step_offset)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def count_tokens(self, tokens_in_local_batch: int) -> None:
@@ -87,6 +89,7 @@ class StageModule(pl.LightningModule):
                 "train/tokens_seen": float(self.tokens_seen),
                 "train/lr": lr,
                 "train/global_step": float(self.pipeline_step),
+                "step": float(self.pipeline_step),  # Lightning's x-axis key: stages line up on the global step
             },
             on_step=True,
             on_epoch=False,
@@ -108,6 +111,8 @@ class StageModule(pl.LightningModule):
             "stage": type(self).__name__,
             "global_step": self.pipeline_step,
             "schedule": dataclasses.asdict(self.schedule),
+            "schedule_table": [dataclasses.asdict(piece) for piece in self.schedule_table],
+            "global_step_offset": self.global_step_offset,
             "backbones": {kind: dataclasses.asdict(module.config) for kind, module in backbones.items()},
             "prefixes": {kind: self._state_dict_prefix(module) for kind, module in backbones.items()},
             "tokens_seen": self.tokens_seen,
@@ -126,7 +131,27 @@ class StageModule(pl.LightningModule):
                 checkpoint[key] = to_plain(checkpoint[key])
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.tokens_seen = int(checkpoint.get(META_KEY, {}).get("tokens_seen", 0))
+        """A full resume of this stage: the tokens count, and the schedule table and offset it ran with."""
+        meta = checkpoint.get(META_KEY, {})
+        self.tokens_seen = int(meta.get("tokens_seen", 0))
+        if "schedule_table" in meta:
+            self.schedule_table = [LRSchedule(**piece) for piece in meta["schedule_table"]]
+            self.global_step_offset = int(meta["global_step_offset"])
+
+    def report_validation(self, metrics: dict[str, float], headline: str) -> None:
+        """Log validation metrics (``headline`` on the progress bar) and print them on one line.
+
+        With ``num_sanity_val_steps: -1`` the sanity check is a full validation of the starting weights;
+        Lightning does not log it, so it goes straight to the logger at the current step: every validation
+        curve then starts from its untrained (or inherited) value.
+        """
+        step = float(self.pipeline_step)
+        self.log_dict({k: v for k, v in metrics.items() if k != headline} | {"step": step}, rank_zero_only=True)
+        self.log(headline, metrics[headline], prog_bar=True, rank_zero_only=True)
+        if self.trainer.sanity_checking and self.logger is not None and self.trainer.is_global_zero:
+            self.logger.log_metrics(metrics, step=self.pipeline_step)
+        when = "before training" if self.trainer.sanity_checking else "step"
+        self.print(f"{when} {self.pipeline_step}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
     def log_losses(self, losses: dict[str, torch.Tensor], split: str, **kwargs: Any) -> None:
         """Log every named loss term as ``<split>/<name>``; the progress bar shows the total only."""

@@ -68,6 +68,4 @@ class TextPretrainStage(StageModule):
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()
         self.val_loss.reset()
-        self.log_dict({"val/loss": loss, "val/ppl": torch.exp(loss)}, prog_bar=True, sync_dist=False)
-        when = "sanity check before training" if self.trainer.sanity_checking else f"step {self.pipeline_step}"
-        self.print(f"{when}: val/loss {loss.item():.4f}  val/ppl {math.exp(loss.item()):.2f}")
+        self.report_validation({"val/loss": loss.item(), "val/ppl": math.exp(loss.item())}, headline="val/ppl")

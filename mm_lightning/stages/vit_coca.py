@@ -87,13 +87,7 @@ class ViTCoCaStage(StageModule):
         metrics = {f"val/{k}": v for k, v in retrieval_recall(image_embed, text_embed, captions).items()}
         metrics["val/caption"] = self.val_caption.compute().item()
         self.val_caption.reset()
-        headline = metrics.pop("val/i2t_r@1")
-        self.log_dict(metrics, rank_zero_only=True)
-        self.log("val/i2t_r@1", headline, prog_bar=True, rank_zero_only=True)
-        metrics["val/i2t_r@1"] = headline
-        when = "sanity check before training" if self.trainer.sanity_checking else f"step {self.global_step}"
-        summary = "  ".join(f"{k[4:]} {v:.3f}" for k, v in metrics.items())
-        self.print(f"{when}: {len(captions)} val pairs  {summary}")
+        self.report_validation(metrics, headline="val/i2t_r@1")
 
     def _gather_val_outputs(self) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         local = (
