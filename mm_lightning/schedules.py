@@ -5,6 +5,10 @@ counts on, and the LR is ``lr_at(schedule, global_step)``: nothing is read from 
 internals, so a later stage that resumes the schedule only needs the global step (and the schedule)
 that the previous checkpoint recorded.
 
+A run's whole schedule is a *table* of pieces, each starting at its ``start_step``: stage 1's WSD piece,
+then (cooldown) a re-warmup piece that climbs from the LR reached so far to a new peak and decays to the
+floor by the end of the stage (:func:`rewarmup_piece`). ``lr_at_table`` picks the piece in force.
+
 Shapes: warmup-stable-decay (WSD; Hu et al. 2024, MiniCPM; the shape Kimi's Moonlight trains with) and
 cosine (Loshchilov & Hutter 2017), both with a linear warmup from ``start_lr`` and a floor ``min_lr``.
 """
@@ -12,6 +16,7 @@ cosine (Loshchilov & Hutter 2017), both with a linear warmup from ``start_lr`` a
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -91,13 +96,60 @@ def lr_at(schedule: LRSchedule, global_step: int) -> float:
     return decay_lr(progress, schedule.peak_lr, schedule.min_lr, schedule.decay_shape)
 
 
-def build_lr_scheduler(optimizer: Optimizer, schedule: LRSchedule, step_offset: int) -> LambdaLR:
-    """A torch scheduler whose LR at local step ``s`` is ``lr_at(schedule, step_offset + s)``.
+def lr_at_table(table: Sequence[LRSchedule], global_step: int) -> float:
+    """The LR of a schedule table at ``global_step``: the latest piece with ``start_step <= global_step``
+    (the first piece before any of them starts)."""
+    if not table:
+        raise ConfigError("a schedule table needs at least one piece")
+    current = table[0]
+    for piece in table[1:]:
+        if piece.start_step <= global_step:
+            current = piece
+    return lr_at(current, global_step)
 
-    The optimizer's groups must have been created with ``lr=schedule.peak_lr`` (LambdaLR scales it).
+
+def check_table(table: Sequence[LRSchedule]) -> list[LRSchedule]:
+    """``table`` as a list, refusing pieces out of order (each must start after the one before)."""
+    for before, after in zip(table, table[1:]):
+        if after.start_step <= before.start_step:
+            raise ConfigError(
+                f"schedule pieces must start in increasing order; got start_step {before.start_step} "
+                f"then {after.start_step}"
+            )
+    return list(table)
+
+
+def rewarmup_piece(
+    table: Sequence[LRSchedule],
+    start_step: int,
+    peak_lr: float,
+    min_lr: float,
+    warmup_steps: int,
+    total_steps: int,
+    decay_shape: Literal["linear", "cosine"] = "cosine",
+) -> LRSchedule:
+    """A piece that warms up from the table's LR at ``start_step`` to ``peak_lr``, then decays to ``min_lr``.
+
+    The decay ends at ``start_step + total_steps`` (the end of the stage), cosine or linear.
     """
+    start_lr = lr_at_table(table, start_step)
+    if decay_shape == "cosine":
+        return LRSchedule("cosine", peak_lr, min_lr, warmup_steps, total_steps, start_step=start_step,
+                          start_lr=start_lr)  # fmt: skip
+    return LRSchedule("wsd", peak_lr, min_lr, warmup_steps, total_steps, decay_steps=total_steps - warmup_steps,
+                      decay_shape="linear", start_step=start_step, start_lr=start_lr)  # fmt: skip
+
+
+def build_lr_scheduler(optimizer: Optimizer, table: LRSchedule | Sequence[LRSchedule], step_offset: int) -> LambdaLR:
+    """A torch scheduler whose LR at local step ``s`` is ``lr_at_table(table, step_offset + s)``.
+
+    The optimizer's groups must have been created with ``lr=table[0].peak_lr`` (LambdaLR scales it); nothing
+    but the step count is read back from a restored scheduler, so the table decides the LR.
+    """
+    table = check_table([table] if isinstance(table, LRSchedule) else table)
+    base_lr = table[0].peak_lr
 
     def factor(local_step: int) -> float:
-        return lr_at(schedule, step_offset + local_step) / schedule.peak_lr
+        return lr_at_table(table, step_offset + local_step) / base_lr
 
     return LambdaLR(optimizer, factor)

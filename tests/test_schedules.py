@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mm_lightning.schedules import LRSchedule, build_lr_scheduler, lr_at
+from mm_lightning.schedules import LRSchedule, build_lr_scheduler, check_table, lr_at, lr_at_table, rewarmup_piece
 
 
 def wsd(**kw):
@@ -62,3 +62,30 @@ def test_torch_scheduler_follows_the_global_step():
         opt.step()
         sched.step()
     assert seen == pytest.approx([lr_at(s, 85 + i) for i in range(5)])
+
+
+def test_table_picks_the_piece_in_force_and_rewarmup_climbs_from_the_current_lr():
+    stage1 = wsd(total_steps=200, decay_steps=40)  # still stable (LR 1.0) at step 150
+    piece = rewarmup_piece([stage1], start_step=150, peak_lr=2.0, min_lr=0.05, warmup_steps=10, total_steps=50)
+    table = [stage1, piece]
+    assert lr_at_table(table, 149) == 1.0
+    assert lr_at_table(table, 150) == pytest.approx(1.0)  # no jump: the climb starts where the LR was
+    assert lr_at_table(table, 155) == pytest.approx(1.5)
+    assert lr_at_table(table, 160) == pytest.approx(2.0)  # the new, higher peak
+    assert lr_at_table(table, 200) == pytest.approx(0.05)  # the floor at the end of the stage
+    linear = rewarmup_piece([stage1], 150, 2.0, 0.05, 10, 50, decay_shape="linear")
+    assert lr_at(linear, 180) == pytest.approx(0.05 + 1.95 * 0.5)
+    with pytest.raises(ValueError, match="increasing order"):
+        check_table([piece, stage1])
+
+
+def test_torch_scheduler_follows_a_table():
+    table = [wsd(total_steps=200, decay_steps=40), wsd(peak_lr=3.0, start_step=50, start_lr=1.0, total_steps=100)]
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=table[0].peak_lr)
+    sched = build_lr_scheduler(opt, table, step_offset=45)
+    seen = []
+    for _ in range(10):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx([lr_at_table(table, 45 + i) for i in range(10)])

@@ -1,5 +1,7 @@
 """Callbacks that own the recipe's knobs, and monitoring."""
 
+from mm_lightning.callbacks.lr_schedule import LRSchedulerResume, ReWarmup
+from mm_lightning.callbacks.rope_switch import RoPEBaseSwitch
 from mm_lightning.callbacks.throughput import TokenThroughputMonitor
 
-__all__ = ["TokenThroughputMonitor"]
+__all__ = ["LRSchedulerResume", "ReWarmup", "RoPEBaseSwitch", "TokenThroughputMonitor"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ThroughputMonitor
 
 
@@ -32,3 +33,8 @@ class TokenThroughputMonitor(ThroughputMonitor):
 
     def __init__(self, window_size: int = 20) -> None:
         super().__init__(batch_size_fn=rows_in_batch, length_fn=tokens_in_batch, window_size=window_size)
+
+    def _compute(self, trainer: pl.Trainer, iter_num: int | None = None) -> None:
+        # on the pipeline's global step, like the stage's own scalars
+        offset = getattr(trainer.lightning_module, "global_step_offset", 0)
+        super()._compute(trainer, None if iter_num is None else iter_num + offset)

@@ -1,0 +1,55 @@
+"""Kimi-VL's long-context switch: a larger RoPE base (50,000 -> 800,000) and a longer sequence length.
+
+The callback owns *when*: by default the stage's first step, else a given global step. The model owns the
+base (``LLM.set_rope_base``: run-time state saved in its ``state_dict``, so checkpoints and exports carry it,
+and the rotary tables are computed from it on every forward, never cached in a buffer that a load could
+revert); the datamodule owns the length (``set_seq_len``). Both values are logged every step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_info
+
+from mm_lightning.errors import ConfigError
+
+
+class RoPEBaseSwitch(pl.Callback):
+    """Set the LLM's RoPE base (and optionally the data's sequence length) at a global step.
+
+    Args:
+        base: the new RoPE base (Kimi-VL: 800,000).
+        seq_len: the new sequence length, handed to the datamodule's ``set_seq_len`` (None: unchanged).
+        at_step: global step of the switch (default: this stage's first step, before any training).
+    """
+
+    def __init__(self, base: float = 800_000.0, seq_len: int | None = None, at_step: int | None = None) -> None:
+        if base <= 0:
+            raise ConfigError(f"RoPEBaseSwitch base must be positive, got {base}")
+        self.base, self.seq_len, self.at_step = float(base), seq_len, at_step
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit" and self.at_step is None:
+            self._switch(trainer, pl_module)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if self.at_step is not None and pl_module.pipeline_step == self.at_step:
+            self._switch(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        logged = {"train/rope_base": pl_module.llm.rope_base}
+        seq_len = getattr(trainer.datamodule, "seq_len", None)
+        if seq_len is not None:
+            logged["train/seq_len"] = float(seq_len)
+        pl_module.log_dict(logged, on_step=True, on_epoch=False)
+
+    def _switch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pl_module.llm.set_rope_base(self.base)
+        if self.seq_len is not None:
+            if not hasattr(trainer.datamodule, "set_seq_len"):
+                name = type(trainer.datamodule).__name__
+                raise ConfigError(f"RoPEBaseSwitch seq_len needs a datamodule with set_seq_len; {name} has none")
+            trainer.datamodule.set_seq_len(self.seq_len)
+        rank_zero_info(f"RoPEBaseSwitch: RoPE base {self.base:g}, sequence length {self.seq_len or 'unchanged'}")
