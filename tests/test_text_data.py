@@ -121,9 +121,10 @@ def test_interrupted_demo_build_leaves_no_cache(tmp_path: Path, monkeypatch: pyt
 
 
 def test_demo_sotu_builds_into_the_cache(demo_sotu: Path, mm_cache: Path) -> None:
-    assert demo_sotu == mm_cache / "demo" / "sotu-v1"
+    assert demo_sotu == mm_cache / "demo" / "sotu-v2"
     summary = json.loads((demo_sotu / "prep_summary.json").read_text())
     assert summary["documents"] == 233 and summary["splits"]["val"]["documents"] >= 1
+    assert summary["splits"]["train"]["chunks"] >= 100  # a 300-step demo run must see a mix of the whole corpus
     dm = TextDataModule("demo:sotu", seq_len=64, batch_size=2)
     dm.prepare_data()
     dm.setup("fit")

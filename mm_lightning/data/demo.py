@@ -42,18 +42,21 @@ class DemoText:
     """How many train-split scene captions to add (scenes beyond the image demo's own are new train scenes)."""
     tokenizer_demo: str | None = None
     """Another text demo whose tokenizer to reuse instead of training one (keeps one vocabulary)."""
+    chunk_tokens: int = 1 << 14
+    """Tokens per litdata chunk: a 300-step demo streams a fifth of the corpus, which must still be a mix of
+    all of it (one 16M-token chunk per input left the captions of ``sotu-captions`` unseen)."""
 
 
 _SOTU = _PACKAGE_DIR / "sotu" / "sotu.jsonl.gz"
 DEMO_TEXTS = {
-    "sotu": DemoText(source=_SOTU, version="v1"),
+    "sotu": DemoText(source=_SOTU, version="v2"),
     # the speeches plus the emoji-scene train captions: a stage-1 LLM that knows the captions' language, so the
     # frozen LLM of the alignment stage can express them (the speeches alone leave it at ~7.5 nats per token)
     "sotu-captions": DemoText(
         source=_SOTU,
-        version="v2",
+        version="v3",
         captions_from="demo:emoji-scenes",
-        caption_documents=32768,
+        caption_documents=98304,
         tokenizer_demo="demo:sotu",
     ),
 }
@@ -124,7 +127,7 @@ def ensure_demo_text(name: str) -> Path:
         output = building / "shards"
         prepare_text_shards(
             inputs, output, tokenizer=tokenizer, vocab_size=demo.vocab_size, val_fraction=demo.val_fraction,
-            progress=False,
+            progress=False, chunk_tokens=demo.chunk_tokens,
         )  # fmt: skip
         _move_into_place(output, target)
     finally:
