@@ -1,0 +1,227 @@
+"""Mixture sources built by kind from YAML-friendly specs, and the two built in: text blocks and image-caption pairs.
+
+A spec is a dict such as ``{name: captions, kind: image_text, path: demo:emoji-scenes, weight: 1.0}``; keys other
+than ``name``, ``kind``, ``path`` and ``weight`` are options of the kind's builder. A builder is registered once per
+kind with :func:`register_source` (a duplicate kind raises) and turns a spec and a :class:`SourceContext` (split,
+seed, sizes) into a :class:`~mm_lightning.data.mixture.MixtureSource`. Paths resolve as the single-source
+datamodules resolve them (prepared folders, URLs, ``demo:...`` names), by reusing those datamodules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mm_lightning.data.mixture import MixSample, MixtureSource, epoch_item
+from mm_lightning.data.tokenizer import (
+    EOD_TOKEN,
+    IMAGE_END_TOKEN,
+    IMAGE_START_TOKEN,
+    IMAGE_TOKEN,
+    PAD_TOKEN,
+    SPECIAL_TOKENS,
+)
+from mm_lightning.errors import ConfigError
+
+EOD_ID = SPECIAL_TOKENS.index(EOD_TOKEN)
+PAD_ID = SPECIAL_TOKENS.index(PAD_TOKEN)
+IMAGE_ID = SPECIAL_TOKENS.index(IMAGE_TOKEN)
+IMAGE_START_ID = SPECIAL_TOKENS.index(IMAGE_START_TOKEN)
+IMAGE_END_ID = SPECIAL_TOKENS.index(IMAGE_END_TOKEN)
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One source of a mixture, as written in a config."""
+
+    name: str
+    """Unique name (logged, and part of the seed of its item order)."""
+    kind: str
+    """A registered kind: ``text``, ``image_text``, or whatever others register."""
+    path: str
+    """A prepared folder, a URL, or a ``demo:...`` name."""
+    weight: float = 1.0
+    """Relative weight within its group (multimodal or text), and between groups without a share schedule."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """The remaining keys, passed to the kind's builder."""
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any] | SourceSpec) -> SourceSpec:
+        """A spec from a config dict, with a clear error for a missing key or an unknown kind."""
+        if isinstance(config, SourceSpec):
+            return config
+        if not isinstance(config, dict):
+            raise ConfigError(f"a mixture source must be a mapping with name, kind and path, got {config!r}")
+        missing = [key for key in ("name", "kind", "path") if key not in config]
+        if missing:
+            raise ConfigError(f"mixture source {config!r} lacks {', '.join(missing)}")
+        options = {k: v for k, v in config.items() if k not in ("name", "kind", "path", "weight")}
+        spec = cls(str(config["name"]), str(config["kind"]), str(config["path"]), float(config.get("weight", 1.0)),
+                   options)  # fmt: skip
+        source_kind(spec.kind)
+        if not spec.weight > 0:
+            raise ConfigError(f"mixture source {spec.name!r}: weight={spec.weight} must be > 0")
+        return spec
+
+
+@dataclass(frozen=True)
+class SourceContext:
+    """What a builder needs besides its spec."""
+
+    split: str
+    """``train`` (items in a seeded order, epoch after epoch) or ``val`` (items in stored order)."""
+    seed: int
+    """The mixture seed."""
+    seq_len: int
+    """Positions per packed row (a text source's default block is ``seq_len + 1`` tokens: one full row)."""
+    patch_size: int
+    """Patch side in pixels."""
+    max_patches: int
+    """Cap on patches per image."""
+    cache_dir: str | None = None
+    """Where litdata caches chunks of remote paths."""
+
+
+@dataclass(frozen=True)
+class SourceKind:
+    """A registered kind: its builder and whether its samples count as multimodal."""
+
+    build: Callable[[SourceSpec, SourceContext], MixtureSource]
+    multimodal: bool
+
+
+_KINDS: dict[str, SourceKind] = {}
+
+
+def register_source(kind: str, multimodal: bool) -> Callable[[Callable], Callable]:
+    """Register a builder ``(spec, context) -> MixtureSource`` for ``kind``; a duplicate kind raises."""
+
+    def decorate(build: Callable[[SourceSpec, SourceContext], MixtureSource]) -> Callable:
+        if kind in _KINDS:
+            raise ValueError(f"mixture source kind {kind!r} is already registered")
+        _KINDS[kind] = SourceKind(build, multimodal)
+        return build
+
+    return decorate
+
+
+def source_kind(kind: str) -> SourceKind:
+    """The registered kind, or a :class:`ConfigError` listing the known ones."""
+    if kind not in _KINDS:
+        raise ConfigError(
+            f"unknown mixture source kind {kind!r}; registered: {', '.join(sorted(_KINDS))} (a new kind registers "
+            "with @register_source(kind, multimodal=...) in a module imported before the datamodule is built)"
+        )
+    return _KINDS[kind]
+
+
+def build_source(spec: SourceSpec, context: SourceContext) -> MixtureSource:
+    """Build one source of ``context.split`` and check that it agrees with its kind."""
+    kind = source_kind(spec.kind)
+    source = kind.build(spec, context)
+    if source.multimodal != kind.multimodal or source.name != spec.name:
+        raise ValueError(f"the {spec.kind!r} builder returned a source that disagrees with its spec {spec}")
+    if len(source) == 0:
+        raise ConfigError(f"mixture source {spec.name!r} ({spec.path}) has no {context.split} items")
+    return source
+
+
+def _check_options(spec: SourceSpec, allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(spec.options) - set(allowed))
+    if unknown:
+        raise ConfigError(f"source {spec.name!r} ({spec.kind}): unknown option(s) {unknown}; allowed: {list(allowed)}")
+
+
+class TextTokenSource:
+    """Blocks of ``text_len`` tokens of a litdata token stream (``data_prep/prepare_text.py``'s shards).
+
+    A block may hold several documents, each ended by EOD (the packing starts a new document after it), or a piece
+    of one; every token is a target. Blocks never span two chunks (litdata's ``TokensLoader``).
+    """
+
+    multimodal = False
+
+    def __init__(self, name: str, dataset: Any, tokenizer: Any, seed: int, shuffle: bool):
+        self.name, self.dataset, self.tokenizer, self.seed, self.shuffle = name, dataset, tokenizer, seed, shuffle
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def sample(self, k: int) -> MixSample:
+        block = self.dataset[epoch_item(k, len(self), self.seed, self.name, self.shuffle)]
+        return MixSample(token_ids=block.tolist(), images=[], source=self.name)
+
+
+@register_source("text", multimodal=False)
+def build_text_source(spec: SourceSpec, context: SourceContext) -> TextTokenSource:
+    """Options: ``text_len`` (tokens per block, default ``seq_len + 1``), ``tokenizer_path``."""
+    from mm_lightning.data.text import TextDataModule
+
+    _check_options(spec, ("text_len", "tokenizer_path"))
+    text_len = int(spec.options.get("text_len", context.seq_len + 1))
+    if text_len < 2:
+        raise ConfigError(f"source {spec.name!r}: text_len={text_len} must be at least 2")
+    resolver = TextDataModule(spec.path, seq_len=text_len - 1, tokenizer_path=spec.options.get("tokenizer_path"),
+                              cache_dir=context.cache_dir)  # fmt: skip
+    root = _checked_root(resolver)
+    dataset = resolver.open_split(f"{root}/{context.split}", train=context.split == "train", shuffle=False,
+                                  **_cache_kwargs(resolver, root))  # fmt: skip
+    return TextTokenSource(spec.name, dataset, resolver.tokenizer, context.seed, context.split == "train")
+
+
+class ImageTextSource:
+    """Image-caption pairs (``data_prep/prepare_image_text.py``'s shards): ``<|image_start|> <|image|> <|image_end|>
+    caption EOD``, with the loss on the caption and its EOD only.
+
+    Decoding, patching and caption tokenization are :class:`~mm_lightning.data.image_text.ImageTextTransform`'s.
+    """
+
+    multimodal = True
+
+    def __init__(self, name: str, dataset: Any, tokenizer: Any, seed: int, shuffle: bool):
+        self.name, self.dataset, self.tokenizer, self.seed, self.shuffle = name, dataset, tokenizer, seed, shuffle
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def sample(self, k: int) -> MixSample:
+        item = self.dataset[epoch_item(k, len(self), self.seed, self.name, self.shuffle)]
+        caption = list(item["caption_ids"][1:])  # the transform opens with EOD for the caption decoder; drop it
+        prompt = [IMAGE_START_ID, IMAGE_ID, IMAGE_END_ID]
+        return MixSample(token_ids=prompt + caption, images=[(item["patches"], tuple(item["grid"]))],
+                         loss_mask=[False] * len(prompt) + [True] * len(caption), source=self.name)  # fmt: skip
+
+
+@register_source("image_text", multimodal=True)
+def build_image_text_source(spec: SourceSpec, context: SourceContext) -> ImageTextSource:
+    """Options: ``max_caption_len`` (caption tokens with EOD + 1, default 48), ``tokenizer_path``."""
+    from mm_lightning.data.image_text import ImageTextDataModule
+
+    _check_options(spec, ("max_caption_len", "tokenizer_path"))
+    resolver = ImageTextDataModule(
+        spec.path, patch_size=context.patch_size, max_patches=context.max_patches,
+        max_caption_len=int(spec.options.get("max_caption_len", 48)), tokenizer_path=spec.options.get("tokenizer_path"),
+        cache_dir=context.cache_dir,
+    )  # fmt: skip
+    root = _checked_root(resolver)
+    dataset = resolver.open_split(f"{root}/{context.split}", train=context.split == "train", shuffle=False,
+                                  **_cache_kwargs(resolver, root))  # fmt: skip
+    return ImageTextSource(spec.name, dataset, resolver.tokenizer, context.seed, context.split == "train")
+
+
+def _checked_root(resolver: Any) -> str:
+    from pathlib import Path
+
+    from mm_lightning.data.streaming import is_remote
+
+    root = resolver.root
+    if not is_remote(root):
+        resolver.check_local_dir(Path(root))
+    return root
+
+
+def _cache_kwargs(resolver: Any, root: str) -> dict[str, str]:
+    from mm_lightning.data.streaming import is_remote
+
+    return {"cache_dir": resolver.cache_dir} if is_remote(root) and resolver.cache_dir else {}
