@@ -417,9 +417,12 @@ def test_real_text_and_image_text_sources(prepared: Path) -> None:
     dm.num_workers = 2
     assert_same_batches(list(dm.batches("train", 0, 3)), list(DataLoader(dm.batches("train", 0, 3), batch_size=None,
                                                                          num_workers=2)))  # fmt: skip
-    val = list(dm.val_dataloader())
-    assert len(val) == 2 and all(int(v["input_ids"].shape[1]) == 64 for v in val)
-    assert_same_batches(val, list(dm.val_dataloader()))
+    assert dm.val_groups == ["text", "multimodal"]  # held-out text alone (perplexity), multimodal alone
+    text_val, mm_val = (list(loader) for loader in dm.val_dataloader())
+    assert len(text_val) == len(mm_val) == 2 and all(int(v["input_ids"].shape[1]) == 64 for v in text_val + mm_val)
+    assert all(v["patches"] is None and not v["sample_multimodal"].any() for v in text_val)
+    assert all(v["sample_multimodal"].all() for v in mm_val)
+    assert_same_batches(text_val + mm_val, [b for loader in dm.val_dataloader() for b in loader])
 
 
 def test_yaml_config_builds_the_datamodule() -> None:

@@ -1,7 +1,8 @@
 """Callbacks that own the recipe's knobs, and monitoring."""
 
 from mm_lightning.callbacks.lr_schedule import LRSchedulerResume, ReWarmup
+from mm_lightning.callbacks.mixing import ProgressiveMixing
 from mm_lightning.callbacks.rope_switch import RoPEBaseSwitch
 from mm_lightning.callbacks.throughput import TokenThroughputMonitor
 
-__all__ = ["LRSchedulerResume", "ReWarmup", "RoPEBaseSwitch", "TokenThroughputMonitor"]
+__all__ = ["LRSchedulerResume", "ProgressiveMixing", "ReWarmup", "RoPEBaseSwitch", "TokenThroughputMonitor"]

@@ -174,12 +174,15 @@ class MixtureDataModule(L.LightningDataModule):
         specs = self.specs if split == "train" else self.val_specs
         flags = tuple(source_kind(s.kind).multimodal for s in specs)
         share = self.share if split == "train" else constant_share(self.share.end)
-        if split != "train" and (not any(flags) or all(flags)):  # val sources of one group only
+        if split in ("val:text", "val:multimodal"):  # one group alone
+            share = constant_share(float(split == "val:multimodal"))
+        elif split != "train" and (not any(flags) or all(flags)):  # val sources of one group only
             share = constant_share(float(flags[0]))
         return MixturePlan(tuple(s.name for s in specs), tuple(s.weight for s in specs), flags, share, self.seed)
 
     def sources(self, split: str = "train") -> list[MixtureSource]:
         """The built sources of ``split`` (built once per ``seq_len``)."""
+        split = split.split(":")[0]  # "val:text" reads the val sources
         key = (split, self.seq_len)
         if key not in self._sources:
             context = SourceContext(split, self.seed, self.seq_len, self.patch_size, self.max_patches, self.cache_dir)
@@ -196,11 +199,9 @@ class MixtureDataModule(L.LightningDataModule):
         return found[0] if found else None
 
     @property
-    def vocab_size(self) -> int:
-        """The shared tokenizer's vocabulary size."""
-        if self.tokenizer is None:
-            raise ConfigError("no mixture source carries a tokenizer, so the vocabulary size is unknown")
-        return self.tokenizer.get_vocab_size()
+    def vocab_size(self) -> int | None:
+        """The shared tokenizer's vocabulary size (``None`` when no source carries a tokenizer)."""
+        return None if self.tokenizer is None else self.tokenizer.get_vocab_size()
 
     def prepare_data(self) -> None:
         """Build the demos the sources name (once per node)."""
@@ -218,9 +219,15 @@ class MixtureDataModule(L.LightningDataModule):
         stop = None if self.train_batches is None else max(first, self.train_batches)
         return self._loader(self.batches("train", first, stop))
 
-    def val_dataloader(self) -> DataLoader:
-        """The same ``val_batches`` batches of the val splits every time."""
-        return self._loader(self.batches("val", 0, self.val_batches))
+    @property
+    def val_groups(self) -> list[str]:
+        """Names of the validation loaders, in order: ``text`` and/or ``multimodal`` (the groups with sources)."""
+        flags = {source_kind(s.kind).multimodal for s in self.val_specs}
+        return [name for name, multimodal in (("text", False), ("multimodal", True)) if multimodal in flags]
+
+    def val_dataloader(self) -> list[DataLoader]:
+        """One loader per :attr:`val_groups` (held-out text alone, multimodal alone), the same batches every time."""
+        return [self._loader(self.batches(f"val:{group}", 0, self.val_batches)) for group in self.val_groups]
 
     def batches(self, split: str, first_batch: int, stop_batch: int | None) -> MixtureBatches:
         """The batch stream of this rank over ``[first_batch, stop_batch)``."""

@@ -17,6 +17,7 @@ from torch import nn
 
 from mm_lightning.checkpoint import META_KEY, to_plain
 from mm_lightning.errors import ConfigError
+from mm_lightning.handoff import optimizer_param_names
 from mm_lightning.optim import OptimizerConfig, build_optimizer
 from mm_lightning.parallel import parallelize
 from mm_lightning.schedules import LRSchedule, build_lr_scheduler, check_table
@@ -126,6 +127,8 @@ class StageModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[META_KEY] = self.checkpoint_metadata()
+        if self._trainer is not None and self.trainer.optimizers:  # so a later stage can match moments by name
+            checkpoint[META_KEY]["optimizer_param_names"] = optimizer_param_names(self, self.trainer.optimizers[0])
         for key in ("hyper_parameters", "datamodule_hyper_parameters"):
             if key in checkpoint:
                 checkpoint[key] = to_plain(checkpoint[key])

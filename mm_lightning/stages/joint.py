@@ -1,0 +1,144 @@
+"""Stages 3-5 of the Kimi-VL recipe: joint pre-training, joint cooldown, joint long-context.
+
+All three train the whole VLM (LLM + ViT + projector) on packed rows of mixed text and multimodal samples
+(``MixtureDataModule``); they differ only in their data and callbacks: ``LRSchedulerResume`` and
+``ProgressiveMixing`` (pre-training), ``ReWarmup`` (cooldown), ``RoPEBaseSwitch`` (long context). The LLM
+comes from ``llm_checkpoint`` and the ViT and projector from ``vision_checkpoint`` (the alignment stage's, or
+the previous joint stage's: then both are the same file). With ``handoff: continue`` the optimizer moments
+of matching parameters come along (``handoff.py``) and the global step and schedule continue; with
+``weights_only`` the stage starts its own schedule from step 0. A full resume of the same stage is
+Lightning's ``--ckpt_path``.
+
+A batch without images skips the vision tower, so its parameters get no gradient and no update. Under
+FSDP2 a rank without images runs it on one dummy image (times zero) when another rank has some, since every
+rank must take part in the vision blocks' collectives.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from mm_lightning.callbacks.lr_schedule import LRSchedulerResume
+from mm_lightning.checkpoint import load_backbone
+from mm_lightning.errors import ConfigError
+from mm_lightning.handoff import HANDOFF_MODES, carry_optimizer_state
+from mm_lightning.losses import NextTokenLoss
+from mm_lightning.models.vlm import VLM
+from mm_lightning.optim import OptimizerConfig
+from mm_lightning.schedules import LRSchedule
+from mm_lightning.stages.align import IMAGE_TOKEN_ID
+from mm_lightning.stages.base import StageModule
+
+VAL_GROUPS = ("text", "multimodal")
+
+
+class JointStage(StageModule):
+    """The whole VLM trains on mixed text and multimodal batches.
+
+    Args:
+        llm_checkpoint: the checkpoint the LLM comes from (stage 1's, or the previous joint stage's).
+        vision_checkpoint: the checkpoint the ViT and projector come from (default: ``llm_checkpoint``).
+        handoff: ``continue`` (weights, matching optimizer moments, global step and schedule) or
+            ``weights_only`` (weights; fresh optimizer; this stage's ``schedule`` from step 0).
+        optimizer: optimizer choice and hyper-parameters.
+        schedule: this stage's LR schedule when it does not continue an earlier one.
+        activation_checkpointing: recompute block activations in backward.
+        compile: ``torch.compile`` each block.
+    """
+
+    def __init__(
+        self,
+        llm_checkpoint: str,
+        vision_checkpoint: str | None = None,
+        handoff: str = "continue",
+        optimizer: OptimizerConfig | None = None,
+        schedule: LRSchedule | None = None,
+        activation_checkpointing: bool = False,
+        compile: bool = False,
+    ) -> None:
+        super().__init__(optimizer, schedule, 0, activation_checkpointing, compile)
+        if handoff not in HANDOFF_MODES:
+            raise ConfigError(
+                f"handoff={handoff!r}; choose one of {', '.join(HANDOFF_MODES)} (full resume: --ckpt_path)"
+            )
+        self.save_hyperparameters()
+        self.handoff = handoff
+        self.checkpoints = dict.fromkeys([llm_checkpoint, vision_checkpoint or llm_checkpoint])  # ordered, unique
+        self.llm = load_backbone(llm_checkpoint, "llm")
+        self.vit = load_backbone(vision_checkpoint or llm_checkpoint, "vit")
+        self.projector = load_backbone(vision_checkpoint or llm_checkpoint, "projector")
+        self.loss = NextTokenLoss()
+        self._val_sums: dict[int, list[float]] = {}
+
+    def backbones(self) -> dict[str, torch.nn.Module]:
+        return {"llm": self.llm, "vit": self.vit, "projector": self.projector}
+
+    @property
+    def vlm(self) -> VLM:
+        """The assembled model (a view over this stage's backbones)."""
+        return VLM(self.llm, self.vit, self.projector, IMAGE_TOKEN_ID)
+
+    def setup(self, stage: str) -> None:
+        self.check_vocab_fits(self.llm.config.vocab_size, "llm")
+        resumed = any(isinstance(c, LRSchedulerResume) for c in self.trainer.callbacks)
+        if stage == "fit" and self.handoff == "continue" and not resumed:
+            LRSchedulerResume(next(iter(self.checkpoints))).apply(self)
+
+    def on_train_start(self) -> None:
+        if self.handoff != "continue" or self.trainer.ckpt_path is not None:  # a full resume has its own state
+            return
+        carried: set[str] = set()
+        for path in self.checkpoints:
+            carried.update(carry_optimizer_state(self.trainer.optimizers[0], self, path)[0])
+        fresh = [n for n, p in self.named_parameters() if p.requires_grad and n not in carried]
+        rank_zero_info(f"JointStage: optimizer moments carried for {len(carried)} parameters, {len(fresh)} fresh")
+
+    def next_token_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Next-token loss of a packed mixed batch (labels already ignore images, prompts and padding)."""
+        has_images = batch.get("patches") is not None
+        images = (batch["patches"], batch["grid_hw"], batch["patch_seq_ids"]) if has_images else (None,) * 3
+        logits = self.vlm(batch["input_ids"], *images, position_ids=batch["position_ids"], seq_ids=batch["seq_ids"])
+        loss = self.loss(logits, batch["labels"])["loss"]
+        if (
+            not has_images
+            and self.trainer.world_size > 1
+            and self.trainer.strategy.reduce_boolean_decision(has_images, all=False)
+        ):
+            loss = loss + 0.0 * self.vlm.image_tokens(*self._dummy_image(batch["input_ids"].device)).sum()
+        return loss
+
+    def _dummy_image(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        patch_dim = 3 * self.vit.config.patch_size**2
+        return (torch.zeros(1, 1, patch_dim, device=device), torch.ones(1, 2, dtype=torch.long, device=device),
+                torch.zeros(1, 1, dtype=torch.long, device=device))  # fmt: skip
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self.next_token_loss(batch)
+        self.log_losses({"loss": loss}, "train", sync_dist=True)
+        self.count_tokens(int(batch["input_ids"].numel()))
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        with torch.no_grad():
+            loss = self.next_token_loss(batch)
+        targets = int((batch["labels"] >= 0).sum())
+        sums = self._val_sums.setdefault(dataloader_idx, [0.0, 0])
+        sums[0] += float(loss) * targets
+        sums[1] += targets
+
+    def on_validation_epoch_end(self) -> None:
+        groups = getattr(self.trainer.datamodule, "val_groups", VAL_GROUPS[:1])
+        metrics = {}
+        for index, (total, count) in sorted(self._val_sums.items()):
+            mean = torch.tensor([total, count], dtype=torch.float64, device=self.device)
+            mean = self.trainer.strategy.reduce(mean, reduce_op="sum") if self.trainer.world_size > 1 else mean
+            loss = (mean[0] / mean[1].clamp(min=1)).item()
+            metrics[f"val/{groups[index]}_loss"] = loss
+            if groups[index] == "text":
+                metrics["val/text_ppl"] = float(torch.tensor(loss).exp())
+        self._val_sums.clear()
+        if metrics:
+            self.report_validation(metrics, headline=next(iter(metrics)))

@@ -1,0 +1,158 @@
+"""Stages 3-5 (JointStage) on micro checkpoints: hand-off modes, mixed and text-only batches, RoPE switch."""
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from test_stage_vit import COCA, VIT, ColourData
+
+from mm_lightning.callbacks import LRSchedulerResume, ProgressiveMixing, RoPEBaseSwitch
+from mm_lightning.checkpoint import load_checkpoint
+from mm_lightning.data.mixture import MixSample, epoch_item
+from mm_lightning.data.mixture_datamodule import MixtureDataModule
+from mm_lightning.data.mixture_sources import IMAGE_END_ID, IMAGE_ID, IMAGE_START_ID, register_source, source_kind
+from mm_lightning.data.synthetic import SyntheticTextDataModule
+from mm_lightning.errors import ConfigError
+from mm_lightning.handoff import carry_optimizer_state
+from mm_lightning.optim import OptimizerConfig, build_optimizer
+from mm_lightning.schedules import LRSchedule, lr_at_table
+from mm_lightning.stages import AlignStage, JointStage, TextPretrainStage, ViTCoCaStage
+
+LLM = {"n_layers": 2, "d_model": 64, "n_heads": 4, "n_kv_heads": 2, "ffn_hidden": 128, "vocab_size": 64}
+STAGE1 = LRSchedule(peak_lr=3e-3, min_lr=3e-4, warmup_steps=2, total_steps=100, decay_steps=20)  # stable at the end
+
+
+class PatternSource:
+    """Micro samples: text tokens 5..63, or a small image (8-pixel patches, like ``VIT``) and a caption."""
+
+    def __init__(self, name: str, multimodal: bool) -> None:
+        self.name, self.multimodal = name, multimodal
+
+    def __len__(self) -> int:
+        return 29
+
+    def sample(self, k: int) -> MixSample:
+        item = epoch_item(k, 29, 0, self.name)
+        text = [5 + (item * 7 + j) % 59 for j in range(6 + item % 5)]
+        if not self.multimodal:
+            return MixSample(text + [0], source=self.name)
+        grid = (1 + item % 2, 1 + item % 3)
+        patches = torch.rand(grid[0] * grid[1], 3 * 8 * 8, generator=torch.Generator().manual_seed(item))
+        ids = [IMAGE_START_ID, IMAGE_ID, IMAGE_END_ID, *text, 0]
+        return MixSample(ids, [(patches, grid)], [False] * 3 + [True] * (len(text) + 1), self.name)
+
+
+for _kind, _flag in (("pattern_text", False), ("pattern_image", True)):
+    try:
+        source_kind(_kind)
+    except ConfigError:
+        register_source(_kind, multimodal=_flag)(lambda spec, ctx, _f=_flag: PatternSource(spec.name, _f))
+
+SOURCES = [
+    {"name": "prose", "kind": "pattern_text", "path": "-"},
+    {"name": "pics", "kind": "pattern_image", "path": "-"},
+]
+
+
+def mixture(share: float | None = None, **kwargs) -> MixtureDataModule:
+    share_schedule = None if share is None else {"start": share, "end": share, "ramp_samples": 1, "shape": "constant"}
+    return MixtureDataModule(SOURCES, share_schedule, seq_len=48, samples_per_batch=4, patch_size=8, max_patches=32,
+                             seed=0, val_batches=1, **kwargs)  # fmt: skip
+
+
+class LRRecorder(pl.Callback):
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+
+    def on_train_batch_start(self, trainer, *args) -> None:
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def fit(module, data, tmp_path: Path, steps: int, callbacks=(), **kwargs) -> pl.Trainer:
+    options = dict(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
+                   enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                   limit_val_batches=0, default_root_dir=tmp_path, callbacks=list(callbacks))  # fmt: skip
+    trainer = pl.Trainer(**{**options, **kwargs})
+    trainer.fit(module, data)
+    return trainer
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory) -> dict[str, Path]:
+    """Micro stage-1, stage-2a and alignment checkpoints, and stage 1's LRs."""
+    tmp = tmp_path_factory.mktemp("chain")
+    pl.seed_everything(0)
+    recorder = LRRecorder()
+    data = SyntheticTextDataModule(vocab_size=64, seq_len=16, batch_size=4, num_rows=32)
+    text = fit(TextPretrainStage(llm="tiny", llm_overrides=LLM, schedule=STAGE1), data, tmp, 6, [recorder])
+    text.save_checkpoint(tmp / "text.ckpt")
+    short = LRSchedule(peak_lr=3e-3, warmup_steps=1, total_steps=5)
+    vit = fit(ViTCoCaStage(vit_overrides=VIT, coca_overrides=COCA, schedule=short), ColourData(), tmp, 2)
+    vit.save_checkpoint(tmp / "vit.ckpt")
+    align = fit(AlignStage(str(tmp / "text.ckpt"), str(tmp / "vit.ckpt"), schedule=short), ColourData(), tmp, 2)
+    align.save_checkpoint(tmp / "align.ckpt")
+    return {"dir": tmp, "text": tmp / "text.ckpt", "align": tmp / "align.ckpt", "stage1_lrs": recorder.lrs}
+
+
+def test_joint_pretraining_continues_stage_1_and_mixes_progressively(chain, tmp_path):
+    ignored = LRSchedule(peak_lr=9.0, warmup_steps=50, total_steps=500)  # the stage continues stage 1's instead
+    joint = JointStage(str(chain["text"]), str(chain["align"]), handoff="continue", schedule=ignored)
+    recorder, mixing = LRRecorder(), ProgressiveMixing(start=0.0, end=0.5)
+    trainer = fit(joint, mixture(), tmp_path, 6, [recorder, mixing, LRSchedulerResume(str(chain["text"]))])
+    assert joint.global_step_offset == 6 and recorder.lrs[0] == pytest.approx(chain["stage1_lrs"][-1])
+    assert mixing.schedule.ramp_samples == 6 * 4  # the whole stage
+    assert trainer.callback_metrics["mix/scheduled_share"] > 0.3  # the last batch is late in the ramp
+    trainer.save_checkpoint(tmp_path / "joint.ckpt")
+    meta = load_checkpoint(tmp_path / "joint.ckpt")["mm_lightning"]
+    assert meta["global_step"] == 12 and set(meta["backbones"]) == {"llm", "vit", "projector"}
+
+
+def test_continue_carries_matching_moments_and_weights_only_starts_fresh(chain, tmp_path):
+    module = JointStage(str(chain["text"]), str(chain["align"]), handoff="continue")
+    optimizer = build_optimizer(module, OptimizerConfig(), lr=1e-3)
+    carried, fresh = carry_optimizer_state(optimizer, module, str(chain["text"]))
+    assert carried and all(n.startswith("llm.") for n in carried) and all(not n.startswith("llm.") for n in fresh)
+    saved = load_checkpoint(chain["text"])
+    names = saved["mm_lightning"]["optimizer_param_names"][""]
+    index = names.index(carried[0])
+    param = dict(module.named_parameters())[carried[0]]
+    torch.testing.assert_close(
+        optimizer.state[param]["exp_avg"], saved["optimizer_states"][0]["state"][index]["exp_avg"]
+    )
+
+    own = LRSchedule(peak_lr=1e-3, warmup_steps=2, total_steps=10)
+    scratch, recorder = (
+        JointStage(str(chain["text"]), str(chain["align"]), handoff="weights_only", schedule=own),
+        LRRecorder(),
+    )
+    fit(scratch, mixture(0.5), tmp_path, 2, [recorder])
+    assert scratch.global_step_offset == 0 and recorder.lrs == [lr_at_table([own], 0), lr_at_table([own], 1)]
+    with pytest.raises(ConfigError, match="handoff"):
+        JointStage(str(chain["text"]), str(chain["align"]), handoff="optimizer_only")
+
+
+def test_text_only_batches_leave_the_vision_tower_alone(chain, tmp_path):
+    joint = JointStage(str(chain["text"]), str(chain["align"]), handoff="weights_only")
+    before = {n: p.detach().clone() for n, p in joint.named_parameters()}
+    fit(joint, mixture(0.0), tmp_path, 3)
+    after = dict(joint.named_parameters())
+    vision = [n for n in before if n.startswith(("vit.", "projector."))]
+    assert vision and all(torch.equal(before[n], after[n]) for n in vision)  # no gradient, so no update at all
+    assert any(not torch.equal(before[n], after[n]) for n in before if n.startswith("llm."))
+
+
+def test_long_context_loads_the_cooldown_checkpoint_with_the_new_base(chain, tmp_path):
+    joint = JointStage(str(chain["text"]), str(chain["align"]), handoff="weights_only")
+    fit(joint, mixture(0.5), tmp_path, 1).save_checkpoint(tmp_path / "cooldown.ckpt")
+    long = JointStage(str(tmp_path / "cooldown.ckpt"), handoff="continue")
+    assert long.llm.rope_base == 50_000.0
+    data = mixture(0.5)
+    trainer = fit(long, data, tmp_path, 2, [RoPEBaseSwitch(base=800_000.0, seq_len=96)])
+    assert long.llm.rope_base == 800_000.0 and data.seq_len == 96
+    assert trainer.callback_metrics["train/rope_base"] == 800_000.0
+    trainer.save_checkpoint(tmp_path / "long.ckpt")
+    saved = load_checkpoint(tmp_path / "long.ckpt")
+    assert saved["mm_lightning"]["rope_base"] == 800_000.0
+    reloaded = JointStage(str(tmp_path / "long.ckpt"), handoff="weights_only")
+    assert reloaded.llm.rope_base == 800_000.0  # rebuilt from the recorded base, not a stale buffer
