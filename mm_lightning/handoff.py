@@ -53,10 +53,8 @@ def carry_optimizer_state(
         ConfigError: the checkpoint records no parameter names (written before they were recorded) or its
             optimizer is of another kind.
     """
-    checkpoint = load_checkpoint(checkpoint_path)
-    recorded = checkpoint_meta(checkpoint, checkpoint_path).get("optimizer_param_names")
-    if not recorded or not checkpoint.get("optimizer_states"):
-        raise ConfigError(f"{checkpoint_path} records no optimizer state by parameter name; use handoff weights_only")
+    checkpoint = check_optimizer_state(checkpoint_path)
+    recorded = checkpoint_meta(checkpoint, checkpoint_path)["optimizer_param_names"]
     saved_all = checkpoint["optimizer_states"][0]
     names = {id(param): name for name, param in module.named_parameters()}
     carried = []
@@ -73,6 +71,19 @@ def carry_optimizer_state(
                     carried.append(names[id(param)])
     fresh = [name for name, p in module.named_parameters() if p.requires_grad and name not in set(carried)]
     return carried, fresh
+
+
+def check_optimizer_state(checkpoint_path: str) -> dict[str, Any]:
+    """The checkpoint, when it holds optimizer state recorded by parameter name; else a clear ``ConfigError``."""
+    checkpoint = load_checkpoint(checkpoint_path)
+    if not checkpoint_meta(checkpoint, checkpoint_path).get("optimizer_param_names") or not checkpoint.get(
+        "optimizer_states"
+    ):
+        raise ConfigError(
+            f"{checkpoint_path} records no optimizer state by parameter name (written before they were recorded, "
+            "or without an optimizer); use model.init_args.handoff weights_only"
+        )
+    return checkpoint
 
 
 def _shapes_match(state: dict[str, Any], param: nn.Parameter) -> bool:

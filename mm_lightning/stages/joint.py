@@ -24,7 +24,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from mm_lightning.callbacks.lr_schedule import LRSchedulerResume
 from mm_lightning.checkpoint import load_backbone
 from mm_lightning.errors import ConfigError
-from mm_lightning.handoff import HANDOFF_MODES, carry_optimizer_state
+from mm_lightning.handoff import HANDOFF_MODES, carry_optimizer_state, check_optimizer_state
 from mm_lightning.losses import NextTokenLoss
 from mm_lightning.models.vlm import VLM
 from mm_lightning.optim import OptimizerConfig
@@ -84,8 +84,11 @@ class JointStage(StageModule):
     def setup(self, stage: str) -> None:
         self.check_vocab_fits(self.llm.config.vocab_size, "llm")
         resumed = any(isinstance(c, LRSchedulerResume) for c in self.trainer.callbacks)
-        if stage == "fit" and self.handoff == "continue" and not resumed:
-            LRSchedulerResume(next(iter(self.checkpoints))).apply(self)
+        if stage == "fit" and self.handoff == "continue":
+            for path in self.checkpoints:  # fail before training, not at its first step
+                check_optimizer_state(path)
+            if not resumed:
+                LRSchedulerResume(next(iter(self.checkpoints))).apply(self)
 
     def on_train_start(self) -> None:
         if self.handoff != "continue" or self.trainer.ckpt_path is not None:  # a full resume has its own state
