@@ -19,6 +19,7 @@ from mm_lightning.checkpoint import load_backbone
 from mm_lightning.data import tokenizer as tokenizer_lib
 from mm_lightning.data.demo import ensure_demo_text
 from mm_lightning.data.image_text import decode_image
+from mm_lightning.data.multimodal import IMAGE_END_ID, IMAGE_START_ID
 from mm_lightning.errors import MMLightningError
 from mm_lightning.generation import generate
 from mm_lightning.models.vlm import VLM, expand_image_placeholders
@@ -53,7 +54,8 @@ def prompt_embeddings(args: argparse.Namespace, tokenizer) -> tuple[torch.nn.Mod
     image = decode_image(Path(args.image).read_bytes())
     patches, grid = image_to_patches(image, vit.config.patch_size, vit.config.max_patches)
     packed = pack_patches([patches], [grid])
-    ids = expand_image_placeholders([IMAGE_TOKEN_ID, *text_ids], [projector.num_tokens(*grid)], IMAGE_TOKEN_ID)
+    span = [IMAGE_START_ID, IMAGE_TOKEN_ID, IMAGE_END_ID]  # the image span the alignment and joint stages train on
+    ids = expand_image_placeholders([*span, *text_ids], [projector.num_tokens(*grid)], IMAGE_TOKEN_ID)
     vlm = VLM(llm, vit, projector, IMAGE_TOKEN_ID)
     return llm, vlm.embed(torch.tensor([ids]), packed["patches"], packed["grid_hw"], packed["seq_ids"])
 

@@ -1,8 +1,9 @@
 """Multimodal rows for the VLM from image-caption batches: each image's merged tokens, then its caption.
 
-A batch of ``ImageTextDataModule`` becomes one packed row (no padding): sample ``i`` is ``n_i`` image
-placeholders followed by its caption and EOD, with its own packed-sequence id; targets are the next tokens,
-and a target that is an image placeholder is ignored, so the loss is the caption given the image.
+A batch of ``ImageTextDataModule`` becomes one packed row (no padding): sample ``i`` is its image span
+(``<|image_start|>``, ``n_i`` image placeholders, ``<|image_end|>``: the layout the joint stages' mixture
+uses too) followed by its caption and EOD, with its own packed-sequence id; targets are the next tokens, and
+a target inside the image span is ignored, so the loss is the caption given the image.
 """
 
 from __future__ import annotations
@@ -12,8 +13,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from mm_lightning.data.tokenizer import SPECIAL_TOKENS
 from mm_lightning.losses.next_token import IGNORE_INDEX
 from mm_lightning.ops.packing import position_ids_from_seq_ids
+
+IMAGE_START_ID = SPECIAL_TOKENS.index("<|image_start|>")
+IMAGE_END_ID = SPECIAL_TOKENS.index("<|image_end|>")
 
 
 def caption_rows(batch: dict, tokens_per_image: Callable[[int, int], int], image_token_id: int) -> dict[str, Tensor]:
@@ -29,7 +34,8 @@ def caption_rows(batch: dict, tokens_per_image: Callable[[int, int], int], image
     for index, ((h, w), caption, mask) in enumerate(zip(batch["grid_hw"].tolist(), batch["caption_ids"],
                                                         batch["caption_mask"], strict=True)):  # fmt: skip
         words = caption[mask][1:]  # drop the opening EOD: the image is the prompt
-        sequence = torch.cat([torch.full((tokens_per_image(h, w),), image_token_id), words])
+        image = torch.full((tokens_per_image(h, w),), image_token_id)
+        sequence = torch.cat([torch.tensor([IMAGE_START_ID]), image, torch.tensor([IMAGE_END_ID]), words])
         inputs.append(sequence[:-1])
         targets.append(mask_image_targets(sequence[1:], image_token_id))
         ids.append(torch.full((len(sequence) - 1,), index))
@@ -43,5 +49,6 @@ def caption_rows(batch: dict, tokens_per_image: Callable[[int, int], int], image
 
 
 def mask_image_targets(targets: Tensor, image_token_id: int) -> Tensor:
-    """Targets with every image placeholder replaced by the ignore index (images are inputs, never predicted)."""
-    return targets.masked_fill(targets == image_token_id, IGNORE_INDEX)
+    """Targets with every image placeholder and span marker ignored (images are inputs, never predicted)."""
+    in_span = (targets == image_token_id) | (targets == IMAGE_START_ID) | (targets == IMAGE_END_ID)
+    return targets.masked_fill(in_span, IGNORE_INDEX)
