@@ -1,8 +1,9 @@
 """The ``mm-lightning`` command: a LightningCLI whose stages are ``fit`` plus a config file.
 
 ``mm-lightning fit --config configs/text_pretrain/tiny.yaml`` runs a stage (``mm-lightning generate`` samples
-from a checkpoint, see ``generate_cli.py``); the YAML picks the stage
-module and datamodule by ``class_path``; stacked ``--config`` files override only what changes.
+from a checkpoint, see ``generate_cli.py``; ``mm-lightning evaluate`` scores held-out text, see
+``evaluate_cli.py``); the YAML picks the stage module and datamodule by ``class_path``; stacked ``--config``
+files override only what changes.
 Lightning's other subcommands (``validate``, ``test``, ``predict``) work the same way.
 """
 
@@ -49,6 +50,11 @@ def main() -> None:
         from mm_lightning.generate_cli import main as generate_main
 
         generate_main(sys.argv[2:])
+        return
+    if sys.argv[1:2] == ["evaluate"]:
+        from mm_lightning.evaluate_cli import main as evaluate_main
+
+        evaluate_main(sys.argv[2:])
         return
     try:
         build_cli()
