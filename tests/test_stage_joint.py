@@ -1,5 +1,7 @@
 """Stages 3-5 (JointStage) on micro checkpoints: hand-off modes, mixed and text-only batches, RoPE switch."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -57,8 +59,8 @@ SOURCES = [
 
 def mixture(share: float | None = None, **kwargs) -> MixtureDataModule:
     share_schedule = None if share is None else {"start": share, "end": share, "ramp_samples": 1, "shape": "constant"}
-    return MixtureDataModule(SOURCES, share_schedule, seq_len=48, samples_per_batch=4, patch_size=8, max_patches=32,
-                             seed=0, val_batches=1, **kwargs)  # fmt: skip
+    options = dict(seq_len=48, samples_per_batch=4, patch_size=8, max_patches=32, seed=0, val_batches=1)
+    return MixtureDataModule(SOURCES, share_schedule, **{**options, **kwargs})
 
 
 class LRRecorder(pl.Callback):
@@ -156,3 +158,16 @@ def test_long_context_loads_the_cooldown_checkpoint_with_the_new_base(chain, tmp
     assert saved["mm_lightning"]["rope_base"] == 800_000.0
     reloaded = JointStage(str(tmp_path / "long.ckpt"), handoff="weights_only")
     assert reloaded.llm.rope_base == 800_000.0  # rebuilt from the recorded base, not a stale buffer
+
+
+@pytest.mark.slow
+def test_fsdp2_ranks_with_and_without_images_do_not_hang(chain, tmp_path):
+    script = Path(__file__).parent / "joint_fsdp_script.py"
+    cmd = [sys.executable, str(script), str(chain["text"]), str(chain["align"]), str(tmp_path)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ranks = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
+    steps = list(zip(*ranks))
+    assert len(steps) == 8
+    assert {"10", "01"} & {a + b for a, b in steps}  # a step where only one rank had an image
+    assert ("0", "0") in steps  # and one where no rank had any (the vision tower sits out on both)

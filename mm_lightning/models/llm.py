@@ -225,11 +225,15 @@ class LLM(nn.Module):
         position_ids: Tensor | None = None,
         seq_ids: Tensor | None = None,
         kv_cache: KVCache | None = None,
+        replace_embeds: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         """Final-norm hidden states ``[B, T, d_model]``; see :meth:`forward` for the arguments."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # [B, T, d]
+        if replace_embeds is not None:
+            mask, values = replace_embeds  # [B, T] bool, [n, d] with n = mask.sum()
+            x = x.masked_scatter(mask[..., None], values.to(x.dtype))
         offset = 0
         if kv_cache is not None:
             if seq_ids is not None:
@@ -252,6 +256,7 @@ class LLM(nn.Module):
         position_ids: Tensor | None = None,
         seq_ids: Tensor | None = None,
         kv_cache: KVCache | None = None,
+        replace_embeds: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         """Next-token logits.
 
@@ -264,11 +269,15 @@ class LLM(nn.Module):
                 ones: they attend to the whole cached prefix and causally among themselves, positions default
                 to ``length .. length+T-1``, and the cache grows by ``T``. Not combinable with ``seq_ids``;
                 always runs on SDPA, whatever ``attn_backend`` says.
+            replace_embeds: ``(mask [B, T] bool, values [n, d_model])``: the embeddings at the ``n`` masked
+                positions become the rows of ``values`` in reading order (image features). Inside ``forward``,
+                so that under FSDP2 the embedding is gathered by the LLM's own hooks.
 
         Returns:
             ``[B, T, vocab_size]`` logits.
         """
-        return self.lm_head(self.hidden_states(input_ids, inputs_embeds, position_ids, seq_ids, kv_cache))
+        hidden = self.hidden_states(input_ids, inputs_embeds, position_ids, seq_ids, kv_cache, replace_embeds)
+        return self.lm_head(hidden)
 
     def new_kv_cache(
         self, batch_size: int, max_len: int, device: torch.device | None = None, dtype: torch.dtype | None = None

@@ -64,9 +64,21 @@ class VLM(nn.Module):
     def forward(self, input_ids: Tensor, patches: Tensor | None = None, grid_hw: Tensor | None = None,
                 patch_seq_ids: Tensor | None = None, position_ids: Tensor | None = None,
                 seq_ids: Tensor | None = None) -> Tensor:  # fmt: skip
-        """Next-token logits ``[B, T, V]`` of (packed) multimodal rows."""
-        inputs_embeds = self.embed(input_ids, patches, grid_hw, patch_seq_ids)
-        return self.llm(inputs_embeds=inputs_embeds, position_ids=position_ids, seq_ids=seq_ids)
+        """Next-token logits ``[B, T, V]`` of (packed) multimodal rows.
+
+        The image tokens are spliced in inside the LLM's ``forward`` (``replace_embeds``), not through
+        :meth:`embed`, so that FSDP2 gathers the embedding table with the LLM's own hooks.
+        """
+        is_image = input_ids == self.image_token_id  # [B, T]
+        if patches is None:
+            if is_image.any():
+                raise ValueError(f"{int(is_image.sum())} <|image|> positions but no images were given")
+            return self.llm(input_ids=input_ids, position_ids=position_ids, seq_ids=seq_ids)
+        tokens = self.image_tokens(patches, grid_hw, patch_seq_ids)  # [n, d]
+        if tokens.shape[0] != int(is_image.sum()):
+            raise ValueError(f"{int(is_image.sum())} <|image|> positions for {tokens.shape[0]} image tokens")
+        return self.llm(input_ids=input_ids, position_ids=position_ids, seq_ids=seq_ids,
+                        replace_embeds=(is_image, tokens))  # fmt: skip
 
 
 def expand_image_placeholders(token_ids: list[int], tokens_per_image: list[int], image_token_id: int) -> list[int]:

@@ -70,9 +70,9 @@ class StageModule(pl.LightningModule):
             if self.optimizer_config.name == "muon" and self.trainer.world_size > 1:
                 raise ConfigError("Muon needs whole weight matrices; with FSDP2 sharding use optimizer.name=adamw.")
             mesh = self.device_mesh["data_parallel"]
-        for module in self.backbones().values():
-            if hasattr(module, "blocks"):
-                parallelize(module, module.blocks, mesh, self.activation_checkpointing, self.compile_blocks)
+        for module in self.backbones().values():  # every backbone: an unsharded one would skip gradient sync
+            blocks = getattr(module, "blocks", nn.ModuleList())  # a projector is one unit, no blocks
+            parallelize(module, blocks, mesh, self.activation_checkpointing, self.compile_blocks)
         self._parallelized = True
 
     def configure_optimizers(self) -> dict[str, Any]:

@@ -10,8 +10,9 @@ of matching parameters come along (``handoff.py``) and the global step and sched
 Lightning's ``--ckpt_path``.
 
 A batch without images skips the vision tower, so its parameters get no gradient and no update. Under
-FSDP2 a rank without images runs it on one dummy image (times zero) when another rank has some, since every
-rank must take part in the vision blocks' collectives.
+FSDP2 a rank without images runs it on one dummy image when another rank has some (its tokens enter the LLM
+but replace nothing, so their gradients are zeros), since every rank must take part in the vision tower's
+collectives, in the same order.
 """
 
 from __future__ import annotations
@@ -102,16 +103,24 @@ class JointStage(StageModule):
     def next_token_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         """Next-token loss of a packed mixed batch (labels already ignore images, prompts and padding)."""
         has_images = batch.get("patches") is not None
-        images = (batch["patches"], batch["grid_hw"], batch["patch_seq_ids"]) if has_images else (None,) * 3
-        logits = self.vlm(batch["input_ids"], *images, position_ids=batch["position_ids"], seq_ids=batch["seq_ids"])
-        loss = self.loss(logits, batch["labels"])["loss"]
-        if (
-            not has_images
-            and self.trainer.world_size > 1
-            and self.trainer.strategy.reduce_boolean_decision(has_images, all=False)
-        ):
-            loss = loss + 0.0 * self.vlm.image_tokens(*self._dummy_image(batch["input_ids"].device)).sum()
-        return loss
+        any_images = has_images
+        if self.trainer.world_size > 1:  # every rank decides together, then calls the same collectives in order
+            any_images = self.trainer.strategy.reduce_boolean_decision(has_images, all=False)
+        tokens = None
+        if any_images:  # the vision tower first, on a dummy image where this rank has none
+            images = (batch["patches"], batch["grid_hw"], batch["patch_seq_ids"]) if has_images else None
+            tokens = self.vlm.image_tokens(*(images or self._dummy_image(batch["input_ids"].device)))  # [n, d]
+        replace = None
+        if tokens is not None:
+            is_image = batch["input_ids"] == IMAGE_TOKEN_ID  # [R, L]; all False on a rank with the dummy image
+            if has_images and int(is_image.sum()) != tokens.shape[0]:
+                raise ValueError(f"{int(is_image.sum())} <|image|> positions for {tokens.shape[0]} image tokens")
+            # the dummy's tokens enter the LLM too (replacing nothing): their zero gradients then reach the vision
+            # tower at the same point of the backward pass as real ones, and FSDP2 reduces in the same order
+            replace = (is_image, tokens)
+        logits = self.llm(input_ids=batch["input_ids"], position_ids=batch["position_ids"], seq_ids=batch["seq_ids"],
+                          replace_embeds=replace)  # fmt: skip
+        return self.loss(logits, batch["labels"])["loss"]
 
     def _dummy_image(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         patch_dim = 3 * self.vit.config.patch_size**2
