@@ -41,7 +41,7 @@ from mm_lightning.data.emoji_scenes import (
     PLACES,
     SPLITS,
     SceneConfig,
-    _article,
+    article,
     emoji_name,
     generate_scene,
     is_held_out,
@@ -109,7 +109,7 @@ class MotionClip:
 
 def _motion_phrase(name: str, path: tuple[tuple[int, int], ...]) -> str:
     moves = [f"to {PLACE_NAMES[place]}" for place in path[2:]]
-    first = f"{_article(name)} moves from {PLACE_NAMES[path[0]]} to {PLACE_NAMES[path[1]]}"
+    first = f"{article(name)} moves from {PLACE_NAMES[path[0]]} to {PLACE_NAMES[path[1]]}"
     return ", then ".join([first, *moves])
 
 
@@ -130,8 +130,8 @@ def generate_motion_clip(config: SceneConfig, split: str, index: int, demo: Long
     background = rng.choice(sorted(PALETTE))
     caption = _motion_phrase(emoji_name(sprite), tuple(path))
     if still is not None:
-        caption += f" while {_article(emoji_name(still[0]))} stays {PLACES[still[1]]}"
-    caption += f" on {_article(background)} background"
+        caption += f" while {article(emoji_name(still[0]))} stays {PLACES[still[1]]}"
+    caption += f" on {article(background)} background"
     return MotionClip(side, side, background, sprite, tuple(path), still, rng.randint(*demo.frames), caption)
 
 

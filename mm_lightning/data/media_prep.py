@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 
 from tqdm import tqdm
 
-from mm_lightning.data.text_prep import SPLITS, _unit_hash, read_split_stats, split_of
+from mm_lightning.data.text_prep import SPLITS, read_split_stats, split_of, unit_hash
 from mm_lightning.data.text_sources import SourceFile
 from mm_lightning.errors import MMLightningError
 
@@ -202,7 +202,7 @@ def prepare_media_shards(
                     skipped[split][failure.reason] += 1
                     reporter(sources[file_idx], item.where, failure.reason, failure.detail)
                     continue
-                writers.add(split, _unit_hash(key, item.index), result)
+                writers.add(split, unit_hash(key, item.index), result)
         _check_usable(kind, writers.total(), skipped, sources, inputs)
         writers.finish()
         for path in existing:

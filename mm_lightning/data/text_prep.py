@@ -62,10 +62,11 @@ _START_METHOD = os.environ.get("MM_LIGHTNING_PREP_START_METHOD") or ("fork" if s
 
 def split_of(key: str, index: int, val_fraction: float) -> str:
     """The split of record ``index`` of file ``key``: a stable hash compared with ``val_fraction``."""
-    return "val" if _unit_hash(key, index) < val_fraction else "train"
+    return "val" if unit_hash(key, index) < val_fraction else "train"
 
 
-def _unit_hash(key: str, index: int) -> float:
+def unit_hash(key: str, index: int) -> float:
+    """A stable point in [0, 1) for record ``index`` of file ``key`` (the split hash)."""
     digest = hashlib.blake2b(f"{key}\0{index}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") / 2**64
 
@@ -92,7 +93,7 @@ class CorpusScan:
         """Count a good document and remember the lowest/highest hashes (candidates to move between splits)."""
         self.documents[split] += 1
         self.file_documents[file_idx, split] += 1
-        point = (_unit_hash(self.sources[file_idx].key, index), file_idx, index)
+        point = (unit_hash(self.sources[file_idx].key, index), file_idx, index)
         if "low" not in self._extremes or point < self._extremes["low"]:
             self._extremes["low"] = point
         if "high" not in self._extremes or point > self._extremes["high"]:

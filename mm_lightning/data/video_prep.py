@@ -19,7 +19,7 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from mm_lightning.data.image_sources import _csv_rows, _jsonl_rows, caption_reason
+from mm_lightning.data.image_sources import caption_file_rows, caption_reason
 from mm_lightning.data.interleave import encode_image, pack_blobs
 from mm_lightning.data.media_prep import Failure, MediaItem, MediaKind, prepare_media_shards
 from mm_lightning.data.text_sources import SourceFile, discover_files
@@ -50,9 +50,8 @@ def find_video_sources(inputs: Sequence[str | Path]) -> list[SourceFile]:
 
 def iter_clips(source: SourceFile, options: dict) -> Iterator[MediaItem]:
     """Every row of a captions file as an item: the video path and caption to decode, or why it is skipped."""
-    rows = _csv_rows(source.path) if source.kind == "csv" else _jsonl_rows(source.path)
     video_field, caption_field = options["video_field"], options["caption_field"]
-    for number, row in rows:
+    for number, row in caption_file_rows(source.path):
         if not isinstance(row, dict) or not isinstance(row.get(video_field), str):
             yield MediaItem(number, f"{number}", None, "malformed")
             continue
