@@ -25,8 +25,6 @@ from __future__ import annotations
 import gzip
 import json
 import random
-import shutil
-import tempfile
 import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -35,7 +33,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from mm_lightning.data.demo import DEMO_PREFIX, _move_into_place, cache_root
+from mm_lightning.data.demo import DEMO_PREFIX, build_once, cache_root
 from mm_lightning.data.emoji_scenes import (
     PALETTE,
     PLACES,
@@ -278,27 +276,23 @@ def long_demo(name: str) -> tuple[str, LongDemo]:
 
 def ensure_long_demo(name: str) -> Path:
     """The folder of a long-context demo (``train/``, ``val/``, ``prep_summary.json``), built on first use."""
-    from litdata.streaming.writer import BinaryWriter
-
     short, demo = long_demo(name)
     target = cache_root() / "demo" / f"{short}-{demo.version}"
-    if (target / "prep_summary.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{target.name}-building-", dir=target.parent))
-    try:
-        counts = {}
-        for split in SPLITS:
-            writer = BinaryWriter(str(building / split), chunk_bytes="8MB")
-            counts[split] = 0
-            for record in _RECORDS[demo.kind](demo, split, demo.train if split == "train" else demo.val):
-                writer.add_item(counts[split], record)
-                counts[split] += 1
-            writer.done()
-            writer.merge(1)
-        summary = {"source": f"demo:{short}", "kind": demo.kind, "version": demo.version, "splits": counts}
-        (building / "prep_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        _move_into_place(building, target)
-    finally:
-        shutil.rmtree(building, ignore_errors=True)
-    return target
+    return build_once(target, lambda scratch: _write_demo(short, demo, scratch))
+
+
+def _write_demo(short: str, demo: LongDemo, out: Path) -> Path:
+    from litdata.streaming.writer import BinaryWriter
+
+    counts = {}
+    for split in SPLITS:
+        writer = BinaryWriter(str(out / split), chunk_bytes="8MB")
+        counts[split] = 0
+        for record in _RECORDS[demo.kind](demo, split, demo.train if split == "train" else demo.val):
+            writer.add_item(counts[split], record)
+            counts[split] += 1
+        writer.done()
+        writer.merge(1)
+    summary = {"source": f"demo:{short}", "kind": demo.kind, "version": demo.version, "splits": counts}
+    (out / "prep_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return out
