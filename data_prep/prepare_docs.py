@@ -15,6 +15,7 @@ import argparse
 import sys
 
 from mm_lightning.data.docs_prep import prepare_docs_shards
+from mm_lightning.data.media_prep import PrepRun
 from mm_lightning.errors import MMLightningError
 
 
@@ -49,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = prepare_docs_shards(
             args.inputs, args.output, dpi=args.dpi, max_pages=args.max_pages, max_side=args.max_side,
-            val_fraction=args.val_fraction, strict=args.strict, num_workers=args.num_workers,
-            overwrite=args.overwrite, progress=not args.quiet,
+            run=PrepRun(val_fraction=args.val_fraction, strict=args.strict, num_workers=args.num_workers,
+                        overwrite=args.overwrite, progress=not args.quiet),
         )  # fmt: skip
     except (MMLightningError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mm_lightning.data.media_prep import PrepRun
 from mm_lightning.data.video_prep import prepare_video_shards
 from mm_lightning.errors import MMLightningError
 
@@ -53,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = prepare_video_shards(
             args.inputs, args.output, video_field=args.video_field, caption_field=args.caption_field,
-            fps=args.fps, max_frames=args.max_frames, max_side=args.max_side, val_fraction=args.val_fraction,
-            strict=args.strict, num_workers=args.num_workers, overwrite=args.overwrite, progress=not args.quiet,
+            fps=args.fps, max_frames=args.max_frames, max_side=args.max_side,
+            run=PrepRun(val_fraction=args.val_fraction, strict=args.strict, num_workers=args.num_workers,
+                        overwrite=args.overwrite, progress=not args.quiet),
         )  # fmt: skip
     except (MMLightningError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

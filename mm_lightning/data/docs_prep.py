@@ -15,12 +15,12 @@ are left out). A PDF that does not open or render is reported and skipped as in
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from mm_lightning.data.documents import DocumentDecodeError, import_pdfium, render_pdf
 from mm_lightning.data.interleave import encode_image, pack_blobs
-from mm_lightning.data.media_prep import Failure, MediaItem, MediaKind, prepare_media_shards
+from mm_lightning.data.media_prep import Failure, MediaItem, MediaKind, PrepRun, prepare_media_shards
 from mm_lightning.data.text_sources import SourceFile, discover_files
 from mm_lightning.errors import MMLightningError
 
@@ -61,7 +61,10 @@ def load_pdf(payload: tuple[str, str, float, int, int]) -> dict | Failure:
     }
 
 
-DOCS_KIND = MediaKind("documents", SKIP_REASONS, find_pdfs, iter_pdf, load_pdf, DocsPrepError)
+DOCS_KIND = MediaKind(
+    noun="document", plural="documents", skip_reasons=SKIP_REASONS, error=DocsPrepError,
+    find_sources=find_pdfs, iter_items=iter_pdf, load=load_pdf,
+)  # fmt: skip
 
 
 def prepare_docs_shards(
@@ -70,39 +73,28 @@ def prepare_docs_shards(
     dpi: float = 72,
     max_pages: int = 32,
     max_side: int = 896,
-    val_fraction: float = 0.02,
-    strict: bool = False,
-    num_workers: int | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-    report: Callable[[str], None] | None = None,
+    run: PrepRun = PrepRun(),
 ) -> dict:
     """Write the PDFs of ``inputs`` as documents into ``output_dir/{train/,val/,prep_summary.json}``.
 
     Args:
         inputs: ``.pdf`` files or folders of them.
-        output_dir: a local folder; it must not hold prepared data already unless ``overwrite``.
+        output_dir: a local folder; it must not hold prepared data already unless ``run.overwrite``.
         dpi: render resolution (72 is one pixel per PDF point).
         max_pages: keep the first this many pages of each PDF.
         max_side: page images are scaled down to this longer side.
-        val_fraction: the expected share of documents in ``val``; at least one goes to each split.
-        strict: stop at the first PDF that does not open or render.
-        num_workers: rendering processes (default: the CPU count).
-        overwrite: replace the prepared data already in ``output_dir``.
-        progress: show a progress bar.
-        report: where bad-PDF messages go (default: stderr).
+        run: split share, strictness (a bad PDF: one that does not open or render), rendering processes,
+            overwrite, progress and where bad PDFs are reported.
 
     Returns:
         The summary also written to ``prep_summary.json``.
 
     Raises:
-        DocsPrepError: nothing usable, a bad PDF under ``strict``, or an occupied output.
+        DocsPrepError: nothing usable, a bad PDF under ``run.strict``, or an occupied output.
         MissingExtraError: pypdfium2 is not installed.
     """
     import_pdfium()
     if dpi <= 0 or max_pages < 1 or max_side < 1:
         raise DocsPrepError(f"need dpi > 0, max_pages >= 1 and max_side >= 1, got {dpi}, {max_pages}, {max_side}")
     options = {"dpi": dpi, "max_pages": max_pages, "max_side": max_side}
-    return prepare_media_shards(
-        DOCS_KIND, inputs, output_dir, options, val_fraction, strict, num_workers, overwrite, progress, report
-    )
+    return prepare_media_shards(DOCS_KIND, inputs, output_dir, options, run)

@@ -57,7 +57,7 @@ MAX_REPORTED = 100  # bad records printed one by one; all of them are counted
 _ENCODE_BATCH = 256
 # fork starts litdata workers in milliseconds (spawn re-imports torch in each worker and helper process: ~5 s
 # per split); the workers only read files, tokenize and build CPU tensors. macOS keeps spawn.
-_START_METHOD = os.environ.get("MM_LIGHTNING_PREP_START_METHOD") or ("fork" if sys.platform == "linux" else "spawn")
+START_METHOD = os.environ.get("MM_LIGHTNING_PREP_START_METHOD") or ("fork" if sys.platform == "linux" else "spawn")
 
 
 def split_of(key: str, index: int, val_fraction: float) -> str:
@@ -247,7 +247,7 @@ def prepare_text_shards(
     for split in SPLITS:
         _write_split(writer, out / split, split, num_workers, progress, chunk_tokens)
     summary = _summarize(scan, out, tok, inputs, tokenizer, time.perf_counter() - start)
-    (out / "prep_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_prep_summary(out, summary)
     return summary
 
 
@@ -321,7 +321,7 @@ def _optimize(writer: ShardWriter, items: list[WorkItem], out: Path, workers: in
         num_workers=workers,
         reorder_files=False,
         keep_data_ordered=True,
-        start_method=_START_METHOD,
+        start_method=START_METHOD,
         verbose=progress,
     )
 
@@ -334,6 +334,11 @@ def read_split_stats(split_dir: Path) -> dict[str, int]:
         "tokens": sum(c["dim"] or 0 for c in chunks),
         "chunks": len(chunks),
     }
+
+
+def write_prep_summary(out: Path, summary: dict) -> None:
+    """Write ``out/prep_summary.json``, the file whose presence marks a complete preparation."""
+    (out / "prep_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
 
 
 def _summarize(scan: CorpusScan, out: Path, tok, inputs, tokenizer, seconds: float) -> dict:

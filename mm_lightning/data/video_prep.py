@@ -16,12 +16,12 @@ cuts them into patches. Bad inputs follow :mod:`mm_lightning.data.media_prep`.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from mm_lightning.data.image_sources import caption_file_rows, caption_reason
 from mm_lightning.data.interleave import encode_image, pack_blobs
-from mm_lightning.data.media_prep import Failure, MediaItem, MediaKind, prepare_media_shards
+from mm_lightning.data.media_prep import Failure, MediaItem, MediaKind, PrepRun, prepare_media_shards
 from mm_lightning.data.text_sources import SourceFile, discover_files
 from mm_lightning.data.video import FrameSampling, VideoDecodeError, decode_video, import_av
 from mm_lightning.errors import MMLightningError
@@ -81,7 +81,10 @@ def load_clip(payload: tuple[str, str, str, FrameSampling]) -> dict | Failure:
     }
 
 
-VIDEO_KIND = MediaKind("clips", SKIP_REASONS, find_video_sources, iter_clips, load_clip, VideoPrepError)
+VIDEO_KIND = MediaKind(
+    noun="clip", plural="clips", skip_reasons=SKIP_REASONS, error=VideoPrepError,
+    find_sources=find_video_sources, iter_items=iter_clips, load=load_clip,
+)  # fmt: skip
 
 
 def prepare_video_shards(
@@ -92,41 +95,30 @@ def prepare_video_shards(
     fps: float = 1.0,
     max_frames: int = 64,
     max_side: int = 448,
-    val_fraction: float = 0.02,
-    strict: bool = False,
-    num_workers: int | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-    report: Callable[[str], None] | None = None,
+    run: PrepRun = PrepRun(),
 ) -> dict:
     """Write video-caption clips into ``output_dir/{train/,val/,prep_summary.json}``.
 
     Args:
         inputs: captions ``.jsonl``/``.csv`` files or folders of them (video paths relative to each file).
-        output_dir: a local folder; it must not hold prepared data already unless ``overwrite``.
+        output_dir: a local folder; it must not hold prepared data already unless ``run.overwrite``.
         video_field: the video-path key (column) of the captions files.
         caption_field: the caption key (column).
         fps: frames sampled per second of video.
         max_frames: cap on frames per clip (spread uniformly over longer clips).
         max_side: frames are scaled down to this longer side.
-        val_fraction: the expected share of clips in ``val``; at least one clip goes to each split.
-        strict: stop at the first bad clip (undecodable video, missing file or caption, malformed row).
-        num_workers: decoding processes (default: the CPU count).
-        overwrite: replace the prepared data already in ``output_dir``.
-        progress: show a progress bar.
-        report: where bad-clip messages go (default: stderr).
+        run: split share, strictness (a bad clip: undecodable video, missing file or caption, malformed row),
+            decoding processes, overwrite, progress and where bad clips are reported.
 
     Returns:
         The summary also written to ``prep_summary.json``.
 
     Raises:
-        VideoPrepError: nothing usable, a bad clip under ``strict``, or an occupied output.
+        VideoPrepError: nothing usable, a bad clip under ``run.strict``, or an occupied output.
         MissingExtraError: PyAV is not installed.
     """
     import_av()  # fail once, clearly, rather than once per clip
     sampling = FrameSampling(fps=fps, max_frames=max_frames, max_side=max_side)  # validates the values
     options = {"video_field": video_field, "caption_field": caption_field, "fps": sampling.fps,
                "max_frames": sampling.max_frames, "max_side": max_side}  # fmt: skip
-    return prepare_media_shards(
-        VIDEO_KIND, inputs, output_dir, options, val_fraction, strict, num_workers, overwrite, progress, report
-    )
+    return prepare_media_shards(VIDEO_KIND, inputs, output_dir, options, run)
