@@ -16,7 +16,8 @@ emoji in motion and asks for the number after the last frame; :func:`video_passk
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,10 +117,8 @@ def passkey_accuracy(
     """
     from mm_lightning.generation import generate
 
-    device, was_training = next(model.parameters()).device, model.training
-    model.eval()
     results = {}
-    try:
+    with _evaluating(model) as device:
         for length in lengths:
             prompts = [build_passkey_prompt(tokenizer, length, depth, seed + trial)
                        for depth in depths for trial in range(trials)]  # fmt: skip
@@ -127,9 +126,18 @@ def passkey_accuracy(
             new = generate(model, input_ids, max(len(p.answer_ids) for p in prompts) + 1, greedy=True)  # [B, T_new]
             hits = [_retrieved(tokenizer, row.tolist(), p.passkey) for row, p in zip(new, prompts)]
             results[length] = sum(hits) / len(hits)
+    return results
+
+
+@contextmanager
+def _evaluating(model: torch.nn.Module) -> Iterator[torch.device]:
+    """``model`` in eval mode for the block, its mode restored after; yields the model's device."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield next(model.parameters()).device
     finally:
         model.train(was_training)
-    return results
 
 
 def _retrieved(tokenizer, new_ids: list[int], passkey: str) -> bool:
@@ -216,10 +224,8 @@ def video_passkey_accuracy(
     from mm_lightning.models.vlm import expand_image_placeholders
     from mm_lightning.ops.patches import pack_patches
 
-    device, was_training = next(vlm.parameters()).device, vlm.training
-    vlm.eval()
     results = {}
-    try:
+    with _evaluating(vlm) as device:
         for count in frame_counts:
             hits = []
             for depth in depths:
@@ -235,6 +241,4 @@ def video_passkey_accuracy(
                 new = generate(vlm.llm, inputs_embeds=embeds, max_new_tokens=len(prompt.answer_ids) + 1, greedy=True)
                 hits.append(_retrieved(tokenizer, new[0].tolist(), prompt.passkey))
             results[count] = sum(hits) / len(hits)
-    finally:
-        vlm.train(was_training)
     return results
