@@ -15,23 +15,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mm_lightning.data.image_prep import ImagePrepError, prepare_image_text_shards
+from mm_lightning.data.image_prep import prepare_image_text_shards
+from mm_lightning.data.prep_cli import add_run_arguments, build_prep_parser, format_skipped, run_options, run_prep
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface of ``prepare_image_text.py``."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("inputs", nargs="+", help="captions .jsonl/.csv, webdataset .tar, .parquet files or folders")
-    parser.add_argument("-o", "--output", required=True, help="output folder (train/, val/, prep_summary.json)")
+    parser = build_prep_parser(__doc__, "captions .jsonl/.csv, webdataset .tar, .parquet files or folders")
     parser.add_argument("--image-field", default="image", help="image key of captions files / parquet bytes column")
     parser.add_argument("--caption-field", default="caption", help="caption key of captions files / parquet column")
     parser.add_argument("--max-side", type=int, default=512, help="scale down images whose longer side exceeds this")
-    parser.add_argument("--val-fraction", type=float, default=0.02, help="share of pairs held out for val")
     parser.add_argument("--tokenizer", default=None, help="the text stage's tokenizer.json, copied to the output")
-    parser.add_argument("--strict", action="store_true", help="fail at the first bad pair instead of skipping")
-    parser.add_argument("--num-workers", type=int, default=None, help="decoding/writing processes (default: CPUs)")
-    parser.add_argument("--overwrite", action="store_true", help="replace prepared data already in --output")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_run_arguments(parser, "pair", "pairs", "decoding/writing")
     return parser
 
 
@@ -40,33 +35,20 @@ def print_summary(summary: dict) -> None:
     print(f"Prepared {summary['pairs']} image-caption pairs from {summary['files']} file(s) in {summary['seconds']} s")
     for split, stats in summary["splits"].items():
         print(f"  {split:5s}: {stats['pairs']} pairs ({stats['resized']} resized to --max-side {summary['max_side']})")
-    skipped = ", ".join(f"{n} {reason}" for reason, n in summary["skipped"].items()) or "none"
-    print(f"  skipped: {skipped}")
+    print(format_skipped(summary))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the preparation; bad data ends with a one-line error and exit code 1, not a traceback."""
     args = build_parser().parse_args(argv)
-    try:
-        summary = prepare_image_text_shards(
-            args.inputs,
-            args.output,
-            image_field=args.image_field,
-            caption_field=args.caption_field,
-            max_side=args.max_side,
-            val_fraction=args.val_fraction,
-            tokenizer=args.tokenizer,
-            strict=args.strict,
-            num_workers=args.num_workers,
-            overwrite=args.overwrite,
-            progress=not args.quiet,
-        )
-    except (ImagePrepError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print_summary(summary)
-    print(f"Wrote {args.output}/train/, val/ and prep_summary.json")
-    return 0
+    return run_prep(
+        lambda: prepare_image_text_shards(
+            args.inputs, args.output, image_field=args.image_field, caption_field=args.caption_field,
+            max_side=args.max_side, tokenizer=args.tokenizer, **run_options(args),
+        ),
+        print_summary,
+        f"Wrote {args.output}/train/, val/ and prep_summary.json",
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

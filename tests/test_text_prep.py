@@ -124,6 +124,7 @@ def test_split_is_deterministic_and_tokenizer_can_be_given(tmp_path: Path) -> No
     tok = tokenizer_lib.load_tokenizer(tmp_path / "one" / "tokenizer.json")
     val_one, val_two = (set(read_documents(tmp_path / out / "val", tok)) for out in ("one", "two"))
     assert val_one == val_two and 5 <= len(val_one) <= 40
+
     def without_chunks(splits: dict) -> dict:  # chunks follow the worker count; documents and tokens do not
         return {split: {k: v for k, v in stats.items() if k != "chunks"} for split, stats in splits.items()}
 

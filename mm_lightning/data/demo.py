@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,26 +114,20 @@ def ensure_demo_text(name: str) -> Path:
     from mm_lightning.data.text_prep import prepare_text_shards
 
     _, demo = _demo(name)
-    target = demo_dir(name)
-    if (target / "prep_summary.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{target.name}-building-", dir=target.parent))
-    try:
+
+    def build(scratch: Path) -> Path:
         inputs = [demo.source]
         if demo.captions_from is not None:
-            captions = building / "captions.jsonl"
+            captions = scratch / "captions.jsonl"
             inputs.append(_write_train_captions(demo.captions_from, demo.caption_documents, captions))
         tokenizer = ensure_demo_text(demo.tokenizer_demo) / "tokenizer.json" if demo.tokenizer_demo else None
-        output = building / "shards"
         prepare_text_shards(
-            inputs, output, tokenizer=tokenizer, vocab_size=demo.vocab_size, val_fraction=demo.val_fraction,
-            progress=False, chunk_tokens=demo.chunk_tokens,
+            inputs, scratch / "shards", tokenizer=tokenizer, vocab_size=demo.vocab_size,
+            val_fraction=demo.val_fraction, progress=False, chunk_tokens=demo.chunk_tokens,
         )  # fmt: skip
-        _move_into_place(output, target)
-    finally:
-        shutil.rmtree(building, ignore_errors=True)
-    return target
+        return scratch / "shards"
+
+    return build_once(demo_dir(name), build)
 
 
 def _write_train_captions(image_demo: str, count: int, path: Path) -> Path:
@@ -172,23 +167,39 @@ def ensure_demo_image_text(name: str) -> Path:
     from mm_lightning.data.emoji_scenes import SceneConfig, write_scene_shards
 
     short, demo = _image_demo(name)
-    target = cache_root() / "demo" / f"{short}-{demo.version}"
+
+    def build(scratch: Path) -> Path:
+        scenes = {"train": demo.train_scenes, "val": demo.val_scenes}
+        write_scene_shards(SceneConfig(vocab_size=demo.vocab_size), scratch, scenes)
+        return scratch
+
+    return build_once(cache_root() / "demo" / f"{short}-{demo.version}", build)
+
+
+def build_once(target: Path, build: Callable[[Path], Path]) -> Path:
+    """``target``, built first unless it holds a ``prep_summary.json`` already.
+
+    Args:
+        target: the cache folder of a corpus.
+        build: writes the corpus into ``scratch``, a temporary folder next to ``target``, and returns the folder to
+            rename into place (``scratch`` or one inside it). The rename is atomic within one filesystem, so an
+            interrupted build never leaves a half-written cache; when a concurrent build (another rank) finished
+            first, its folder is kept.
+
+    Returns:
+        ``target``.
+    """
     if (target / "prep_summary.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{target.name}-building-", dir=target.parent))
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-building-", dir=target.parent))
     try:
-        scenes = {"train": demo.train_scenes, "val": demo.val_scenes}
-        write_scene_shards(SceneConfig(vocab_size=demo.vocab_size), building, scenes)
-        _move_into_place(building, target)
+        built = build(scratch)
+        try:
+            os.rename(built, target)
+        except OSError:
+            if not (target / "prep_summary.json").is_file():  # not a concurrent build that won the race
+                raise
     finally:
-        shutil.rmtree(building, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     return target
-
-
-def _move_into_place(building: Path, target: Path) -> None:
-    try:
-        os.rename(building, target)  # atomic within one filesystem
-    except OSError:
-        if not (target / "prep_summary.json").is_file():  # not a concurrent build that won the race
-            raise

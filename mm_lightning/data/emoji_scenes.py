@@ -147,7 +147,8 @@ def is_held_out(composition: str, config: SceneConfig) -> bool:
     return _unit_hash("holdout", config.seed, composition) < config.holdout_fraction
 
 
-def _article(noun: str) -> str:
+def article(noun: str) -> str:
+    """``noun`` with its indefinite article: "a cat", "an owl", "a unicorn"."""
     vowel_sound = noun[0] in "aeiou" and not noun.startswith(("eu", "one", "uni", "uru", "usa", "uk", "uz"))
     return f"{'an' if vowel_sound else 'a'} {noun}"
 
@@ -156,7 +157,7 @@ def _draw_composition(rng: random.Random, vocab: tuple[int, ...]) -> tuple[str, 
     """``(layout, sprites, phrase)``: a layout (``place-RC``, ``vertical``, ``horizontal``, ``row``, ``column``)."""
     count = rng.choices((1, 2, 3), weights=EMOJI_COUNT_WEIGHTS)[0]
     sprites = tuple(rng.sample(vocab, count))
-    names = [_article(emoji_name(s)) for s in sprites]
+    names = [article(emoji_name(s)) for s in sprites]
     if count == 1:
         place = rng.choice(list(PLACES))
         return f"place-{place[0]}{place[1]}", sprites, f"{names[0]} {PLACES[place]}"
@@ -225,7 +226,7 @@ def generate_scene(config: SceneConfig, split: str, index: int) -> Scene:
     width, height = _canvas_size(rng, config, layout)
     boxes = _place(rng, layout, len(sprites), width, height)
     background = rng.choice(sorted(PALETTE))
-    caption = f"{phrase} on {_article(background)} background"
+    caption = f"{phrase} on {article(background)} background"
     return Scene(width, height, background, sprites, boxes, composition, caption)
 
 

@@ -14,19 +14,14 @@ As in :mod:`mm_lightning.data.text_prep` (whose scan bookkeeping this reuses), a
 reads every pair, decodes every image (in a process pool) to catch undecodable or truncated ones, reports and
 counts the bad pairs and assigns splits by a stable hash of (file, record number); then ``litdata.optimize``
 workers re-read the files and write the good pairs of one (file, split) each, skipping exactly what the scan
-rejected.
+rejected. Bad pairs are reported, and outputs checked, as in :mod:`mm_lightning.data.media_prep`.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import multiprocessing
-import os
-import shutil
-import sys
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -45,12 +40,30 @@ from mm_lightning.data.image_sources import (
     inspect_image,
     iter_pairs,
 )
-from mm_lightning.data.text_prep import SPLITS, CorpusScan, WorkItem, read_split_stats, split_work
+from mm_lightning.data.media_prep import (
+    CHUNK_BYTES,
+    PREPARED_NAMES,
+    ItemKind,
+    SkipReporter,
+    check_usable,
+    count_workers,
+    existing_outputs,
+    remove_outputs,
+    total_skipped,
+    worker_map,
+)
+from mm_lightning.data.text_prep import (
+    SPLITS,
+    START_METHOD,
+    CorpusScan,
+    WorkItem,
+    read_split_stats,
+    split_work,
+    write_prep_summary,
+)
 from mm_lightning.data.text_sources import SourceFile
 
-MAX_REPORTED = 100  # bad pairs printed one by one; all of them are counted
-CHUNK_BYTES = "64MB"
-_START_METHOD = os.environ.get("MM_LIGHTNING_PREP_START_METHOD") or ("fork" if sys.platform == "linux" else "spawn")
+IMAGE_KIND = ItemKind(noun="pair", plural="pairs", skip_reasons=SKIP_REASONS, error=ImagePrepError)
 
 
 class ImageScan(CorpusScan):
@@ -63,23 +76,6 @@ class ImageScan(CorpusScan):
         self.resized: set[tuple[int, int]] = set()  # good pairs whose image exceeds max_side
 
 
-class _Reporter:
-    """Prints bad pairs as ``file:where: reason`` (the first MAX_REPORTED) and fails at the first under strict."""
-
-    def __init__(self, strict: bool, write: Callable[[str], None]):
-        self.strict, self.write, self.count = strict, write, 0
-
-    def __call__(self, source: SourceFile, pair: Pair) -> None:
-        message = f"{source.path}:{pair.where}: {SKIP_REASONS[pair.reason]}"
-        if self.strict:
-            raise ImagePrepError(f"{message} (--strict: stopping at the first bad pair)")
-        self.count += 1
-        if self.count <= MAX_REPORTED:
-            self.write(f"skipped {message}")
-        elif self.count == MAX_REPORTED + 1:
-            self.write(f"... more bad pairs not shown (first {MAX_REPORTED} printed; all are counted)")
-
-
 def _check_pair(pair: Pair) -> tuple[Pair, ImageInfo | None]:
     """A pool task: the pair without its bytes, with ``bad_image`` as its reason when the image does not decode."""
     if pair.reason is not None:
@@ -88,34 +84,27 @@ def _check_pair(pair: Pair) -> tuple[Pair, ImageInfo | None]:
     return pair._replace(image=None, reason=info.reason), info
 
 
-def _checked_pairs(scan: ImageScan, pool, bar: tqdm) -> Iterator[tuple[int, Pair, ImageInfo | None]]:
+def _checked_pairs(scan: ImageScan, imap: Callable, bar: tqdm) -> Iterator[tuple[int, Pair, ImageInfo | None]]:
     for file_idx, source in enumerate(scan.sources):
-        pairs = iter_pairs(source, scan.image_field, scan.text_field)
-        checked = pool.imap(_check_pair, pairs, chunksize=16) if pool else map(_check_pair, pairs)
-        for pair, info in checked:
+        for pair, info in imap(_check_pair, iter_pairs(source, scan.image_field, scan.text_field)):
             bar.update(1)
             yield file_idx, pair, info
 
 
-def scan_pairs(scan: ImageScan, report: _Reporter, num_workers: int, progress: bool = True) -> None:
+def scan_pairs(scan: ImageScan, report: SkipReporter, num_workers: int, progress: bool = True) -> None:
     """Read every pair once: decode images, count and report bad pairs, assign splits."""
-    pool = multiprocessing.get_context(_START_METHOD).Pool(num_workers) if num_workers > 1 else None
-    try:
-        with tqdm(unit=" pairs", desc="scan", disable=not progress) as bar:
-            for file_idx, pair, info in _checked_pairs(scan, pool, bar):
-                split = scan.split_of(file_idx, pair.index)
-                if pair.reason is not None:
-                    if pair.reason == "bad_image":
-                        scan.bad_images.add((file_idx, pair.index))
-                    scan.skipped[split][pair.reason] += 1
-                    report(scan.sources[file_idx], pair)
-                    continue
-                scan.add_document(file_idx, pair.index, split)
-                if max(info.size) > scan.max_side:
-                    scan.resized.add((file_idx, pair.index))
-    finally:
-        if pool is not None:
-            pool.terminate()
+    with worker_map(num_workers, chunksize=16) as imap, tqdm(unit=" pairs", desc="scan", disable=not progress) as bar:
+        for file_idx, pair, info in _checked_pairs(scan, imap, bar):
+            split = scan.split_of(file_idx, pair.index)
+            if pair.reason is not None:
+                if pair.reason == "bad_image":
+                    scan.bad_images.add((file_idx, pair.index))
+                scan.skipped[split][pair.reason] += 1
+                report(scan.sources[file_idx], pair.where, pair.reason)
+                continue
+            scan.add_document(file_idx, pair.index, split)
+            if max(info.size) > scan.max_side:
+                scan.resized.add((file_idx, pair.index))
 
 
 def resize_to_max_side(data: bytes, max_side: int) -> bytes:
@@ -200,44 +189,22 @@ def prepare_image_text_shards(
     if not 0.0 <= val_fraction < 1.0 or max_side < 1:
         raise ImagePrepError(f"need 0 <= val_fraction < 1 and max_side >= 1, got {val_fraction} and {max_side}")
     start, out = time.perf_counter(), Path(output_dir)
-    existing = _existing_outputs(out, overwrite)
+    existing = existing_outputs(IMAGE_KIND, out, overwrite, ("tokenizer.json", *PREPARED_NAMES))
     tok = tokenizer_lib.load_tokenizer(tokenizer) if tokenizer is not None else None
-    workers = max(1, num_workers or os.cpu_count() or 1)
+    workers = count_workers(num_workers)
     scan = ImageScan(find_image_sources(inputs), (image_field, caption_field), val_fraction, max_side)
-    reporter = _Reporter(strict, report or (lambda msg: tqdm.write(msg, file=sys.stderr)))
-    scan_pairs(scan, reporter, workers, progress)
-    _check_pairs(scan, inputs)
+    scan_pairs(scan, SkipReporter(IMAGE_KIND, strict, report), workers, progress)
+    check_usable(IMAGE_KIND, sum(scan.documents.values()), scan.skipped, len(scan.sources), inputs)
     scan.balance_splits()
-    for path in existing:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    remove_outputs(existing)
     out.mkdir(parents=True, exist_ok=True)
     if tok is not None:
         tok.save(str(out / "tokenizer.json"))
     for split in SPLITS:
         _write_split(ImageShardWriter(scan), out / split, split, workers, progress)
     summary = _summarize(scan, out, inputs, tokenizer, time.perf_counter() - start)
-    (out / "prep_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_prep_summary(out, summary)
     return summary
-
-
-def _existing_outputs(out: Path, overwrite: bool) -> list[Path]:
-    names = ("tokenizer.json", "prep_summary.json", *SPLITS)
-    existing = [out / name for name in names if (out / name).exists()]
-    if existing and not overwrite:
-        found = ", ".join(p.name for p in existing)
-        raise ImagePrepError(f"{out} already holds prepared data ({found}); pass --overwrite or choose another folder")
-    return existing
-
-
-def _check_pairs(scan: ImageScan, inputs: Sequence[str | Path]) -> None:
-    total = sum(scan.documents.values())
-    if total >= 2:
-        return
-    skipped = sum((scan.skipped[s] for s in SPLITS), Counter())
-    detail = ", ".join(f"{n} {SKIP_REASONS[r]}" for r, n in sorted(skipped.items())) or "no records"
-    names = ", ".join(str(p) for p in inputs)
-    need = "no usable pairs" if total == 0 else "only one usable pair (at least 2 are needed: train and val)"
-    raise ImagePrepError(f"{names}: {need} ({len(scan.sources)} file(s) scanned: {detail})")
 
 
 def _write_split(writer: ImageShardWriter, out: Path, split: str, workers: int, progress: bool) -> None:
@@ -247,7 +214,7 @@ def _write_split(writer: ImageShardWriter, out: Path, split: str, workers: int, 
         litdata.optimize(
             fn=writer, inputs=items, output_dir=str(out), chunk_bytes=CHUNK_BYTES,
             num_workers=max(1, min(workers, len(items))), reorder_files=False, keep_data_ordered=True,
-            start_method=_START_METHOD, verbose=progress,
+            start_method=START_METHOD, verbose=progress,
         )  # fmt: skip
     finally:  # litdata sets the process-wide start method; give the caller's back
         multiprocessing.set_start_method(previous_start_method, force=True)
@@ -261,7 +228,6 @@ def _summarize(scan: ImageScan, out: Path, inputs, tokenizer, seconds: float) ->
             raise RuntimeError(f"{split}: wrote {written} pairs, scanned {scan.documents[split]}")
         resized = sum(scan.split_of(*key) == split for key in scan.resized)
         splits[split] = {"pairs": written, "resized": resized, "skipped": dict(sorted(scan.skipped[split].items()))}
-    total_skipped = sum((scan.skipped[s] for s in SPLITS), Counter())
     return {
         "inputs": [str(p) for p in inputs],
         "files": len(scan.sources),
@@ -271,7 +237,7 @@ def _summarize(scan: ImageScan, out: Path, inputs, tokenizer, seconds: float) ->
         "val_fraction": scan.val_fraction,
         "tokenizer": str(tokenizer) if tokenizer else None,
         "pairs": sum(s["pairs"] for s in splits.values()),
-        "skipped": dict(sorted(total_skipped.items())),
+        "skipped": total_skipped(scan.skipped),
         "splits": splits,
         "seconds": round(seconds, 2),
     }

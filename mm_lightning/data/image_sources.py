@@ -103,14 +103,18 @@ def inspect_image(data: bytes) -> ImageInfo:
 
 
 def _caption_file_pairs(path: Path, image_field: str, caption_field: str) -> Iterator[Pair]:
-    rows = _csv_rows(path) if path.suffix.lower() == ".csv" else _jsonl_rows(path)
-    for number, row in rows:
+    for number, row in caption_file_rows(path):
         if not isinstance(row, dict) or not isinstance(row.get(image_field), str):
             yield Pair(number, f"line {number}", None, None, "malformed")
             continue
         image_path = path.parent / row[image_field]
         image = image_path.read_bytes() if image_path.is_file() else None
         yield _pair(number, f"line {number} ({row[image_field]})", image, row.get(caption_field))
+
+
+def caption_file_rows(path: Path) -> Iterator[tuple[int, object]]:
+    """``(line number, row)`` for every row of a captions ``.csv`` or ``.jsonl`` file (``None`` for bad JSON)."""
+    return _csv_rows(path) if path.suffix.lower() == ".csv" else _jsonl_rows(path)
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, object]]:

@@ -57,15 +57,16 @@ MAX_REPORTED = 100  # bad records printed one by one; all of them are counted
 _ENCODE_BATCH = 256
 # fork starts litdata workers in milliseconds (spawn re-imports torch in each worker and helper process: ~5 s
 # per split); the workers only read files, tokenize and build CPU tensors. macOS keeps spawn.
-_START_METHOD = os.environ.get("MM_LIGHTNING_PREP_START_METHOD") or ("fork" if sys.platform == "linux" else "spawn")
+START_METHOD = os.environ.get("MM_LIGHTNING_PREP_START_METHOD") or ("fork" if sys.platform == "linux" else "spawn")
 
 
 def split_of(key: str, index: int, val_fraction: float) -> str:
     """The split of record ``index`` of file ``key``: a stable hash compared with ``val_fraction``."""
-    return "val" if _unit_hash(key, index) < val_fraction else "train"
+    return "val" if unit_hash(key, index) < val_fraction else "train"
 
 
-def _unit_hash(key: str, index: int) -> float:
+def unit_hash(key: str, index: int) -> float:
+    """A stable point in [0, 1) for record ``index`` of file ``key`` (the split hash)."""
     digest = hashlib.blake2b(f"{key}\0{index}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") / 2**64
 
@@ -92,7 +93,7 @@ class CorpusScan:
         """Count a good document and remember the lowest/highest hashes (candidates to move between splits)."""
         self.documents[split] += 1
         self.file_documents[file_idx, split] += 1
-        point = (_unit_hash(self.sources[file_idx].key, index), file_idx, index)
+        point = (unit_hash(self.sources[file_idx].key, index), file_idx, index)
         if "low" not in self._extremes or point < self._extremes["low"]:
             self._extremes["low"] = point
         if "high" not in self._extremes or point > self._extremes["high"]:
@@ -246,7 +247,7 @@ def prepare_text_shards(
     for split in SPLITS:
         _write_split(writer, out / split, split, num_workers, progress, chunk_tokens)
     summary = _summarize(scan, out, tok, inputs, tokenizer, time.perf_counter() - start)
-    (out / "prep_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_prep_summary(out, summary)
     return summary
 
 
@@ -320,7 +321,7 @@ def _optimize(writer: ShardWriter, items: list[WorkItem], out: Path, workers: in
         num_workers=workers,
         reorder_files=False,
         keep_data_ordered=True,
-        start_method=_START_METHOD,
+        start_method=START_METHOD,
         verbose=progress,
     )
 
@@ -333,6 +334,11 @@ def read_split_stats(split_dir: Path) -> dict[str, int]:
         "tokens": sum(c["dim"] or 0 for c in chunks),
         "chunks": len(chunks),
     }
+
+
+def write_prep_summary(out: Path, summary: dict) -> None:
+    """Write ``out/prep_summary.json``, the file whose presence marks a complete preparation."""
+    (out / "prep_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
 
 
 def _summarize(scan: CorpusScan, out: Path, tok, inputs, tokenizer, seconds: float) -> dict:
