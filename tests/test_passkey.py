@@ -102,3 +102,21 @@ def test_video_passkey_accuracy_on_the_tiny_vlm(tok):
     torch.manual_seed(0)
     accuracy = video_passkey_accuracy(build_vlm(), tok, [6], depths=(0.5,), max_patches_per_frame=16)
     assert set(accuracy) == {6} and 0.0 <= accuracy[6] <= 1.0
+
+
+def test_passkey_callback_logs_each_validation_and_the_starting_one(tok):
+    from types import SimpleNamespace
+
+    from mm_lightning.callbacks import PasskeyEvaluation
+    from mm_lightning.models.vlm import build_vlm
+
+    torch.manual_seed(0)
+    vlm, reported = build_vlm(), []
+    module = SimpleNamespace(llm=vlm.llm, vlm=vlm, report_validation=lambda m, headline: reported.append((m, headline)))
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(tokenizer=tok))
+    PasskeyEvaluation(lengths=[128], frame_counts=[4], depths=(0.5,)).on_validation_epoch_end(trainer, module)
+    ((metrics, headline),) = reported
+    assert set(metrics) == {"val/passkey@128", "val/passkey_video@4"} and headline == "val/passkey@128"
+    assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    with pytest.raises(ValueError, match="tokenizer"):
+        PasskeyEvaluation().on_validation_epoch_end(SimpleNamespace(datamodule=None), module)

@@ -80,6 +80,8 @@ def test_rope_switch_survives_loading_and_rebuilds_the_rotary_tables(tmp_path):
     module.load_state_dict(load_checkpoint(ckpt)["state_dict"])  # the stage-4 weights, base 50,000
     switch = RoPEBaseSwitch(base=800_000.0)
     switch.setup(pl.Trainer(logger=False), module, "fit")
+    assert module.llm.rope_base == 50_000.0  # the validation before training still sees the model as it came
+    switch.on_train_start(pl.Trainer(logger=False), module)
     assert module.llm.rope_base == 800_000.0
     # the forward uses tables built from the new base: equal to a model configured with 800,000 from the start
     reference = TextPretrainStage(llm="tiny", llm_overrides={**MICRO, "rope_base": 800_000.0})

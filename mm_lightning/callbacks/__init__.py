@@ -2,7 +2,15 @@
 
 from mm_lightning.callbacks.lr_schedule import LRSchedulerResume, ReWarmup
 from mm_lightning.callbacks.mixing import ProgressiveMixing
+from mm_lightning.callbacks.passkey import PasskeyEvaluation
 from mm_lightning.callbacks.rope_switch import RoPEBaseSwitch
 from mm_lightning.callbacks.throughput import TokenThroughputMonitor
 
-__all__ = ["LRSchedulerResume", "ProgressiveMixing", "ReWarmup", "RoPEBaseSwitch", "TokenThroughputMonitor"]
+__all__ = [
+    "LRSchedulerResume",
+    "PasskeyEvaluation",
+    "ProgressiveMixing",
+    "ReWarmup",
+    "RoPEBaseSwitch",
+    "TokenThroughputMonitor",
+]

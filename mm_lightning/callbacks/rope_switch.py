@@ -1,6 +1,9 @@
 """Kimi-VL's long-context switch: a larger RoPE base (50,000 -> 800,000) and a longer sequence length.
 
-The callback owns *when*: by default the stage's first step, else a given global step. The model owns the
+The callback owns *when*: by default the stage's first step, else a given global step. By default the data's
+length changes in ``setup`` (the training loader is built before any hook of the first step) and the base
+in ``on_train_start``, after the validation of the starting weights: that validation (and a passkey check in
+it) then measures the model as it came, before the switch. The model owns the
 base (``LLM.set_rope_base``: run-time state saved in its ``state_dict``, so checkpoints and exports carry it,
 and the rotary tables are computed from it on every forward, never cached in a buffer that a load could
 revert); the datamodule owns the length (``set_seq_len``). Both values are logged every step.
@@ -22,7 +25,8 @@ class RoPEBaseSwitch(pl.Callback):
     Args:
         base: the new RoPE base (Kimi-VL: 800,000).
         seq_len: the new sequence length, handed to the datamodule's ``set_seq_len`` (None: unchanged).
-        at_step: global step of the switch (default: this stage's first step, before any training).
+        at_step: global step of the switch (default: this stage's first step). A later step switches the base
+            there; a new ``seq_len`` then reaches the data only when its training loader is next built.
     """
 
     def __init__(self, base: float = 800_000.0, seq_len: int | None = None, at_step: int | None = None) -> None:
@@ -32,7 +36,12 @@ class RoPEBaseSwitch(pl.Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit" and self.at_step is None:
-            self._switch(trainer, pl_module)
+            self._set_seq_len(trainer)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.at_step is None:
+            pl_module.llm.set_rope_base(self.base)
+            rank_zero_info(f"RoPEBaseSwitch: RoPE base {self.base:g}, sequence length {self.seq_len or 'unchanged'}")
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         if self.at_step is not None and pl_module.pipeline_step == self.at_step:
@@ -47,9 +56,12 @@ class RoPEBaseSwitch(pl.Callback):
 
     def _switch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         pl_module.llm.set_rope_base(self.base)
+        self._set_seq_len(trainer)
+        rank_zero_info(f"RoPEBaseSwitch: RoPE base {self.base:g} at global step {pl_module.pipeline_step}")
+
+    def _set_seq_len(self, trainer: pl.Trainer) -> None:
         if self.seq_len is not None:
             if not hasattr(trainer.datamodule, "set_seq_len"):
                 name = type(trainer.datamodule).__name__
                 raise ConfigError(f"RoPEBaseSwitch seq_len needs a datamodule with set_seq_len; {name} has none")
             trainer.datamodule.set_seq_len(self.seq_len)
-        rank_zero_info(f"RoPEBaseSwitch: RoPE base {self.base:g}, sequence length {self.seq_len or 'unchanged'}")
