@@ -260,3 +260,31 @@ def test_pack_blobs_round_trip():
     assert unpack_blobs(pack_blobs(blobs)) == blobs
     with pytest.raises(ValueError):
         unpack_blobs(pack_blobs(blobs)[:-1])
+
+
+def test_long_sources_mix_and_pack_in_the_joint_stages_datamodule(demo_sotu):
+    """Clips (frames as consecutive image spans), interleaved documents and whole addresses, through the mixture."""
+    from mm_lightning.data.mixed_packing import tokens_per_image
+    from mm_lightning.data.mixture_datamodule import MixtureDataModule
+
+    sources = [
+        {"name": "addresses", "kind": "long_text", "path": "demo:long-text", "weight": 1.0, "max_tokens": 600},
+        {"name": "clips", "kind": "video", "path": "demo:motion-clips", "weight": 1.0, "max_patches_per_frame": 16},
+        {"name": "docs", "kind": "documents", "path": "demo:scene-docs", "weight": 1.0},
+    ]
+    share = {"start": 0.6, "end": 0.6, "ramp_samples": 1, "shape": "constant"}
+    dm = MixtureDataModule(sources, share, seq_len=1024, samples_per_batch=5, patch_size=14, max_patches=36, seed=0)
+    dm.setup("fit")
+    batches = list(dm.batches("train", 0, 4))
+    assert dm.vocab_size is None or dm.vocab_size == 8192
+    kinds = {source for b in batches for source in b["sample_source"].tolist()}
+    assert kinds == {0, 1, 2}  # every source appears
+    for batch in batches:
+        if batch["patches"] is None:
+            continue
+        expected = sum(tokens_per_image(tuple(g), 2) for g in batch["grid_hw"].tolist())
+        assert int((batch["input_ids"] == IMAGE_SPAN[1]).sum()) == expected
+        assert batch["patches"].shape[1] == int(batch["grid_hw"].prod(1).sum())
+    clip = dm.sources()[1].sample(0)
+    spans = [clip.token_ids[i : i + 3] for i in range(0, 3 * len(clip.images), 3)]
+    assert len(clip.images) >= 4 and all(span == list(IMAGE_SPAN) for span in spans)  # frame after frame

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from mm_lightning.data.mixture import MixSample, MixtureSource, epoch_item
@@ -208,6 +209,37 @@ def build_image_text_source(spec: SourceSpec, context: SourceContext) -> ImageTe
     dataset = resolver.open_split(f"{root}/{context.split}", train=context.split == "train", shuffle=False,
                                   **_cache_kwargs(resolver, root))  # fmt: skip
     return ImageTextSource(spec.name, dataset, resolver.tokenizer, context.seed, context.split == "train")
+
+
+_LONG_OPTIONS = {
+    "video": ("max_frames", "max_patches_per_frame", "prompt", "tokenizer_path"),
+    "documents": ("max_images", "max_patches_per_image", "tokenizer_path"),
+    "long_text": ("max_tokens", "tokenizer_path"),
+}
+
+
+def _build_long_source(kind: str, spec: SourceSpec, context: SourceContext) -> MixtureSource:
+    """Clips, interleaved documents or whole documents (``long_sources.py``): prepared folders or long demos."""
+    from mm_lightning.data.demo import ensure_demo_text
+    from mm_lightning.data.long_sources import open_long_source
+    from mm_lightning.data.tokenizer import load_tokenizer
+
+    _check_options(spec, _LONG_OPTIONS[kind])
+    options = {k: v for k, v in spec.options.items() if k != "tokenizer_path"}
+    if kind != "long_text":
+        options.setdefault("patch_size", context.patch_size)
+        options.setdefault("max_patches_per_frame" if kind == "video" else "max_patches_per_image",
+                           context.max_patches)  # fmt: skip
+    # the long demos are tokenized with the text demo's vocabulary, as the scene captions are
+    tokenizer = load_tokenizer(spec.options.get("tokenizer_path") or ensure_demo_text("demo:sotu") / "tokenizer.json")
+    folder_kind = "text" if kind == "long_text" else kind
+    source = open_long_source(spec.path, tokenizer, context.split, kind=folder_kind, **options)
+    source.name = spec.name
+    return source
+
+
+for _kind, _multimodal in (("video", True), ("documents", True), ("long_text", False)):
+    register_source(_kind, multimodal=_multimodal)(partial(_build_long_source, _kind))
 
 
 def _checked_root(resolver: Any) -> str:
