@@ -171,3 +171,58 @@ def test_fsdp2_ranks_with_and_without_images_do_not_hang(chain, tmp_path):
     assert len(steps) == 8
     assert {"10", "01"} & {a + b for a, b in steps}  # a step where only one rank had an image
     assert ("0", "0") in steps  # and one where no rank had any (the vision tower sits out on both)
+
+
+COLOURS = torch.tensor([[1.0, -1, -1], [-1, 1, -1], [-1, -1, 1], [1, 1, -1]])
+
+
+class ColourSource:
+    """A solid-colour image (2 x 2 patches of 8 pixels, slight noise) captioned by its colour's token (10-13)."""
+
+    multimodal = True
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __len__(self) -> int:
+        return 64
+
+    def sample(self, k: int) -> MixSample:
+        colour = epoch_item(k, 64, 0, self.name) % 4
+        noise = 0.05 * torch.randn(4, 192, generator=torch.Generator().manual_seed(k))
+        patches = COLOURS[colour].repeat_interleave(64).repeat(4, 1) + noise  # [4, 3 * 8 * 8]
+        ids = [IMAGE_START_ID, IMAGE_ID, IMAGE_END_ID, 10 + int(colour), 0]
+        return MixSample(ids, [(patches, (2, 2))], [False] * 3 + [True] * 2, self.name)
+
+
+try:
+    source_kind("colour_words")
+except ConfigError:
+    register_source("colour_words", multimodal=True)(lambda spec, ctx: ColourSource(spec.name))
+
+
+def test_the_vision_path_carries_what_the_caption_needs(chain, tmp_path):
+    """End to end (ViT -> projector -> spliced into the LLM): the joint stage learns colour -> word from pixels."""
+
+    def colours() -> MixtureDataModule:
+        return MixtureDataModule([{"name": "c", "kind": "colour_words", "path": "-"}], None, seq_len=64,
+                                 samples_per_batch=8, patch_size=8, max_patches=32, seed=0, val_batches=1)  # fmt: skip
+
+    constant = LRSchedule(kind="constant", peak_lr=3e-3, warmup_steps=5, total_steps=200)
+    joint = JointStage(str(chain["text"]), str(chain["align"]), handoff="weights_only", schedule=constant)
+    fit(joint, colours(), tmp_path, 100)
+    data = colours()
+    data.setup("fit")
+    batch = next(iter(data.batches("train", 500, 501)))  # samples the stage never trained on
+
+    def caption_loss(patches: torch.Tensor) -> float:
+        with torch.no_grad():
+            tokens = joint.vlm.image_tokens(patches, batch["grid_hw"], batch["patch_seq_ids"])
+            splice = (batch["input_ids"] == IMAGE_ID, tokens)
+            logits = joint.llm(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                               seq_ids=batch["seq_ids"], replace_embeds=splice)  # fmt: skip
+            return float(joint.loss(logits, batch["labels"])["loss"])
+
+    n_images = batch["grid_hw"].shape[0]
+    rolled = batch["patches"][0].reshape(n_images, 4, -1).roll(1, dims=0).reshape(batch["patches"].shape)
+    assert caption_loss(batch["patches"]) < 0.1 < 1.0 < caption_loss(rolled)  # another image's colour misleads it
