@@ -225,7 +225,7 @@ def section_vlm(device: str = "cuda", backends: tuple[str, ...] | None = None) -
                 module.config.attn_backend = backend
             packed[backend] = logits_of([0, 1, 2])
             alone = logits_of([1])
-            start = vlm.projector.num_tokens(*grids[0]) + len(captions[0])  # sample 0: its image tokens and words
+            start = vlm.projector.num_tokens(*grids[0]) + 2 + len(captions[0])  # sample 0: its image span and words
             out[f"{backend}_packed_vs_alone_rel"] = _rel(packed[backend][:, start : start + alone.shape[1]], alone)
         if len(backends) == 2:
             out["xformers_vs_sdpa_logits_rel"] = _rel(packed[backends[0]], packed[backends[1]])

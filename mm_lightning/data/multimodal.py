@@ -34,11 +34,12 @@ def caption_rows(batch: dict, tokens_per_image: Callable[[int, int], int], image
     for index, ((h, w), caption, mask) in enumerate(zip(batch["grid_hw"].tolist(), batch["caption_ids"],
                                                         batch["caption_mask"], strict=True)):  # fmt: skip
         words = caption[mask][1:]  # drop the opening EOD: the image is the prompt
-        image = torch.full((tokens_per_image(h, w),), image_token_id)
-        sequence = torch.cat([torch.tensor([IMAGE_START_ID]), image, torch.tensor([IMAGE_END_ID]), words])
+        image = torch.full((tokens_per_image(h, w),), image_token_id, device=words.device)
+        start, end = (torch.tensor([marker], device=words.device) for marker in (IMAGE_START_ID, IMAGE_END_ID))
+        sequence = torch.cat([start, image, end, words])
         inputs.append(sequence[:-1])
         targets.append(mask_image_targets(sequence[1:], image_token_id))
-        ids.append(torch.full((len(sequence) - 1,), index))
+        ids.append(torch.full((len(sequence) - 1,), index, device=words.device))
     seq_ids = torch.cat(ids)[None]  # [1, T]
     return {
         "input_ids": torch.cat(inputs)[None],
