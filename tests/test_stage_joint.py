@@ -226,3 +226,25 @@ def test_the_vision_path_carries_what_the_caption_needs(chain, tmp_path):
     n_images = batch["grid_hw"].shape[0]
     rolled = batch["patches"][0].reshape(n_images, 4, -1).roll(1, dims=0).reshape(batch["patches"].shape)
     assert caption_loss(batch["patches"]) < 0.1 < 1.0 < caption_loss(rolled)  # another image's colour misleads it
+
+
+def test_full_resume_of_a_joint_stage_matches_the_uninterrupted_run(chain, tmp_path):
+    """The third hand-off mode, ``--ckpt_path``: weights, optimizer, LR step and data position all continue."""
+
+    def stage() -> JointStage:
+        torch.manual_seed(0)
+        return JointStage(str(chain["text"]), str(chain["align"]), handoff="continue")
+
+    resume = [LRSchedulerResume(str(chain["text"]))]
+    straight = stage()
+    fit(straight, mixture(0.5), tmp_path / "a", 4, resume)
+    first = stage()
+    fit(first, mixture(0.5), tmp_path / "b", 2, resume).save_checkpoint(tmp_path / "half.ckpt")
+    second, recorder = stage(), LRRecorder()
+    trainer = pl.Trainer(accelerator="cpu", max_steps=4, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         limit_val_batches=0, callbacks=[*resume, recorder])  # fmt: skip
+    trainer.fit(second, mixture(0.5), ckpt_path=tmp_path / "half.ckpt")
+    assert second.pipeline_step == straight.pipeline_step == 10 and len(recorder.lrs) == 2
+    for (name, a), b in zip(straight.named_parameters(), second.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
