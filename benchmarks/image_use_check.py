@@ -21,7 +21,7 @@ from mm_lightning.data import ImageTextDataModule
 from mm_lightning.data.multimodal import caption_rows
 from mm_lightning.losses import NextTokenLoss
 from mm_lightning.models.vlm import VLM
-from mm_lightning.stages.align import IMAGE_TOKEN_ID
+from mm_lightning.stages.vision_language import IMAGE_TOKEN_ID
 
 
 @torch.no_grad()

@@ -24,7 +24,7 @@ from mm_lightning.errors import MMLightningError
 from mm_lightning.generation import generate
 from mm_lightning.models.vlm import VLM, expand_image_placeholders
 from mm_lightning.ops.patches import image_to_patches, pack_patches
-from mm_lightning.stages.align import IMAGE_TOKEN_ID
+from mm_lightning.stages.vision_language import IMAGE_TOKEN_ID
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -15,18 +15,14 @@ from torchmetrics import MeanMetric
 
 from mm_lightning.checkpoint import load_backbone
 from mm_lightning.data.multimodal import caption_rows
-from mm_lightning.data.tokenizer import SPECIAL_TOKENS
 from mm_lightning.losses import NextTokenLoss
-from mm_lightning.models.vlm import VLM
 from mm_lightning.optim import OptimizerConfig
 from mm_lightning.registry import build_backbone
 from mm_lightning.schedules import LRSchedule
-from mm_lightning.stages.base import StageModule
-
-IMAGE_TOKEN_ID = SPECIAL_TOKENS.index("<|image|>")
+from mm_lightning.stages.vision_language import IMAGE_TOKEN_ID, VisionLanguageStage
 
 
-class AlignStage(StageModule):
+class AlignStage(VisionLanguageStage):
     """Captioning through the frozen LLM trains the ViT and the projector.
 
     Args:
@@ -59,14 +55,6 @@ class AlignStage(StageModule):
         self.projector = build_backbone("projector", projector, **{**widths, **(projector_overrides or {})})
         self.loss = NextTokenLoss()
         self.val_loss = MeanMetric()
-
-    def backbones(self) -> dict[str, torch.nn.Module]:
-        return {"llm": self.llm, "vit": self.vit, "projector": self.projector}
-
-    @property
-    def vlm(self) -> VLM:
-        """The assembled model (a view over this stage's backbones, not a second copy)."""
-        return VLM(self.llm, self.vit, self.projector, IMAGE_TOKEN_ID)
 
     def setup(self, stage: str) -> None:
         self.check_vocab_fits(self.llm.config.vocab_size, "llm")

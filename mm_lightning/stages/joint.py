@@ -27,16 +27,14 @@ from mm_lightning.checkpoint import load_backbone
 from mm_lightning.errors import ConfigError
 from mm_lightning.handoff import HANDOFF_MODES, carry_optimizer_state, check_optimizer_state
 from mm_lightning.losses import NextTokenLoss
-from mm_lightning.models.vlm import VLM
 from mm_lightning.optim import OptimizerConfig
 from mm_lightning.schedules import LRSchedule
-from mm_lightning.stages.align import IMAGE_TOKEN_ID
-from mm_lightning.stages.base import StageModule
+from mm_lightning.stages.vision_language import IMAGE_TOKEN_ID, VisionLanguageStage
 
 VAL_GROUPS = ("text", "multimodal")
 
 
-class JointStage(StageModule):
+class JointStage(VisionLanguageStage):
     """The whole VLM trains on mixed text and multimodal batches.
 
     Args:
@@ -73,14 +71,6 @@ class JointStage(StageModule):
         self.projector = load_backbone(vision_checkpoint or llm_checkpoint, "projector")
         self.loss = NextTokenLoss()
         self._val_sums: dict[int, list[float]] = {}
-
-    def backbones(self) -> dict[str, torch.nn.Module]:
-        return {"llm": self.llm, "vit": self.vit, "projector": self.projector}
-
-    @property
-    def vlm(self) -> VLM:
-        """The assembled model (a view over this stage's backbones)."""
-        return VLM(self.llm, self.vit, self.projector, IMAGE_TOKEN_ID)
 
     def setup(self, stage: str) -> None:
         self.check_vocab_fits(self.llm.config.vocab_size, "llm")
