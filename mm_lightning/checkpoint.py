@@ -42,12 +42,16 @@ def to_plain(value: Any) -> Any:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """``torch.load`` with ``weights_only=True`` onto the CPU, with a clear error for bad paths."""
+    """``torch.load`` with ``weights_only=True`` onto the CPU, with a clear error for bad paths.
+
+    The file is memory-mapped: a stage that reads one checkpoint several times (each backbone, the metadata,
+    the optimizer state) reads from disk only the tensors it touches. Copy what must outlive the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist (or is a folder: pass the .ckpt file).")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:
         raise CheckpointError(f"Could not load checkpoint {path} safely (weights_only=True): {error}") from error
 

@@ -92,13 +92,14 @@ def _shapes_match(state: dict[str, Any], param: nn.Parameter) -> bool:
 
 
 def _place(value: Any, param: nn.Parameter, key: str, optimizer: torch.optim.Optimizer) -> Any:
-    """A saved state entry on ``param``'s device (sharded like it under FSDP2); ``step`` as torch keeps it."""
+    """A saved state entry, copied out of the (memory-mapped) checkpoint onto ``param``'s device and sharded like
+    it under FSDP2; ``step`` as torch keeps it."""
     if not isinstance(value, torch.Tensor):
         return value
     if key == "step":
         on_device = optimizer.defaults.get("fused") or optimizer.defaults.get("capturable")
-        return value.to(device=param.device if on_device else "cpu", dtype=torch.float32)
-    value = value.to(dtype=param.dtype)
+        return value.to(device=param.device if on_device else "cpu", dtype=torch.float32, copy=True)
+    value = value.to(dtype=param.dtype, copy=True)
     if hasattr(param, "device_mesh"):  # a DTensor shard: distribute the full tensor the same way
         from torch.distributed.tensor import distribute_tensor
 
