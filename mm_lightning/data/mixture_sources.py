@@ -134,7 +134,20 @@ def _check_options(spec: SourceSpec, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"source {spec.name!r} ({spec.kind}): unknown option(s) {unknown}; allowed: {list(allowed)}")
 
 
-class TextTokenSource:
+class _StreamSource:
+    """One split of a litdata stream whose ``k``-th use reads item ``epoch_item(k, ...)`` (seeded per epoch)."""
+
+    def __init__(self, name: str, dataset: Any, tokenizer: Any, seed: int, shuffle: bool):
+        self.name, self.dataset, self.tokenizer, self.seed, self.shuffle = name, dataset, tokenizer, seed, shuffle
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def item(self, k: int) -> Any:
+        return self.dataset[epoch_item(k, len(self), self.seed, self.name, self.shuffle)]
+
+
+class TextTokenSource(_StreamSource):
     """Blocks of ``text_len`` tokens of a litdata token stream (``data_prep/prepare_text.py``'s shards).
 
     A block may hold several documents, each ended by EOD (the packing starts a new document after it), or a piece
@@ -143,15 +156,8 @@ class TextTokenSource:
 
     multimodal = False
 
-    def __init__(self, name: str, dataset: Any, tokenizer: Any, seed: int, shuffle: bool):
-        self.name, self.dataset, self.tokenizer, self.seed, self.shuffle = name, dataset, tokenizer, seed, shuffle
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
     def sample(self, k: int) -> MixSample:
-        block = self.dataset[epoch_item(k, len(self), self.seed, self.name, self.shuffle)]
-        return MixSample(token_ids=block.tolist(), images=[], source=self.name)
+        return MixSample(token_ids=self.item(k).tolist(), images=[], source=self.name)
 
 
 @register_source("text", multimodal=False)
@@ -165,13 +171,11 @@ def build_text_source(spec: SourceSpec, context: SourceContext) -> TextTokenSour
         raise ConfigError(f"source {spec.name!r}: text_len={text_len} must be at least 2")
     resolver = TextDataModule(spec.path, seq_len=text_len - 1, tokenizer_path=spec.options.get("tokenizer_path"),
                               cache_dir=context.cache_dir)  # fmt: skip
-    root = _checked_root(resolver)
-    dataset = resolver.open_split(f"{root}/{context.split}", train=context.split == "train", shuffle=False,
-                                  **_cache_kwargs(resolver, root))  # fmt: skip
+    dataset = _open_split(resolver, context)
     return TextTokenSource(spec.name, dataset, resolver.tokenizer, context.seed, context.split == "train")
 
 
-class ImageTextSource:
+class ImageTextSource(_StreamSource):
     """Image-caption pairs (``data_prep/prepare_image_text.py``'s shards): ``<|image_start|> <|image|> <|image_end|>
     caption EOD``, with the loss on the caption and its EOD only.
 
@@ -180,14 +184,8 @@ class ImageTextSource:
 
     multimodal = True
 
-    def __init__(self, name: str, dataset: Any, tokenizer: Any, seed: int, shuffle: bool):
-        self.name, self.dataset, self.tokenizer, self.seed, self.shuffle = name, dataset, tokenizer, seed, shuffle
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
     def sample(self, k: int) -> MixSample:
-        item = self.dataset[epoch_item(k, len(self), self.seed, self.name, self.shuffle)]
+        item = self.item(k)
         caption = list(item["caption_ids"][1:])  # the transform opens with EOD for the caption decoder; drop it
         prompt = [IMAGE_START_ID, IMAGE_ID, IMAGE_END_ID]
         return MixSample(token_ids=prompt + caption, images=[(item["patches"], tuple(item["grid"]))],
@@ -205,9 +203,7 @@ def build_image_text_source(spec: SourceSpec, context: SourceContext) -> ImageTe
         max_caption_len=int(spec.options.get("max_caption_len", 48)), tokenizer_path=spec.options.get("tokenizer_path"),
         cache_dir=context.cache_dir,
     )  # fmt: skip
-    root = _checked_root(resolver)
-    dataset = resolver.open_split(f"{root}/{context.split}", train=context.split == "train", shuffle=False,
-                                  **_cache_kwargs(resolver, root))  # fmt: skip
+    dataset = _open_split(resolver, context)
     return ImageTextSource(spec.name, dataset, resolver.tokenizer, context.seed, context.split == "train")
 
 
@@ -242,18 +238,15 @@ for _kind, _multimodal in (("video", True), ("documents", True), ("long_text", F
     register_source(_kind, multimodal=_multimodal)(partial(_build_long_source, _kind))
 
 
-def _checked_root(resolver: Any) -> str:
+def _open_split(resolver: Any, context: SourceContext) -> Any:
+    """The ``context.split`` stream of a datamodule's resolved data, unshuffled (the source orders its items)."""
     from pathlib import Path
 
     from mm_lightning.data.streaming import is_remote
 
     root = resolver.root
-    if not is_remote(root):
+    remote = is_remote(root)
+    if not remote:
         resolver.check_local_dir(Path(root))
-    return root
-
-
-def _cache_kwargs(resolver: Any, root: str) -> dict[str, str]:
-    from mm_lightning.data.streaming import is_remote
-
-    return {"cache_dir": resolver.cache_dir} if is_remote(root) and resolver.cache_dir else {}
+    cache = {"cache_dir": resolver.cache_dir} if remote and resolver.cache_dir else {}
+    return resolver.open_split(f"{root}/{context.split}", train=context.split == "train", shuffle=False, **cache)
