@@ -1,10 +1,11 @@
 """The ``mm-lightning`` command: a LightningCLI whose stages are ``fit`` plus a config file.
 
-``mm-lightning fit --config configs/text_pretrain/tiny.yaml`` runs a stage (``mm-lightning generate`` samples
-from a checkpoint, see ``generate_cli.py``; ``mm-lightning evaluate`` scores held-out text, see
-``evaluate_cli.py``); the YAML picks the stage module and datamodule by ``class_path``; stacked ``--config``
-files override only what changes.
-Lightning's other subcommands (``validate``, ``test``, ``predict``) work the same way.
+``mm-lightning fit --config configs/text_pretrain/tiny.yaml`` runs a stage; the YAML picks the stage module and
+datamodule by ``class_path``; stacked ``--config`` files override only what changes. Lightning's other
+subcommands (``validate``, ``test``, ``predict``) work the same way. Three more are not Trainer methods:
+``mm-lightning pipeline`` runs several stages from one file (``pipeline_cli.py``), ``mm-lightning generate``
+samples from a checkpoint (``generate_cli.py``) and ``mm-lightning evaluate`` scores held-out text
+(``evaluate_cli.py``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ def main() -> None:
         from mm_lightning.generate_cli import main as generate_main
 
         generate_main(sys.argv[2:])
+        return
+    if sys.argv[1:2] == ["pipeline"]:
+        from mm_lightning.pipeline_cli import main as pipeline_main
+
+        pipeline_main(sys.argv[2:])
         return
     if sys.argv[1:2] == ["evaluate"]:
         from mm_lightning.evaluate_cli import main as evaluate_main

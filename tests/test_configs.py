@@ -6,12 +6,17 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mm_lightning.cli import MMLightningCLI, build_cli
+from mm_lightning.pipeline_config import compose_stage_config, load_pipeline
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-STAGE_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if "class_path: mm_lightning.stages." in p.read_text())
-OVERLAYS = sorted(p for p in CONFIGS.rglob("*.yaml") if "class_path: mm_lightning.stages." not in p.read_text())
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+PIPELINES = sorted((CONFIGS / "pipelines").glob("*.yaml"))
+STAGE_FILES = sorted(set(CONFIGS.rglob("*.yaml")) - set(PIPELINES))
+STAGE_CONFIGS = [p for p in STAGE_FILES if "class_path: mm_lightning.stages." in p.read_text()]
+OVERLAYS = [p for p in STAGE_FILES if "class_path: mm_lightning.stages." not in p.read_text()]
 
 
 class ParseOnlyCLI(MMLightningCLI):
@@ -30,7 +35,21 @@ def parse(*config_files: Path) -> ParseOnlyCLI:
 
 
 def test_there_are_configs():
-    assert STAGE_CONFIGS and OVERLAYS
+    assert STAGE_CONFIGS and OVERLAYS and PIPELINES
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_every_stage_of_a_pipeline_composes_and_parses(path, tmp_path, monkeypatch):
+    """Each stage config as the pipeline composes it (inputs, overrides, run folder) is a valid ``fit`` config."""
+    monkeypatch.chdir(ROOT)  # pipeline files name stage configs from the repository root
+    monkeypatch.setattr(ParseOnlyCLI, "_run_subcommand", lambda self, subcommand: None)
+    spec = load_pipeline(path, run_dir=tmp_path)
+    assert {"text", "vit", "align", "joint", "cooldown", "long_context"} <= set(spec.names)
+    for stage in spec.stages:
+        composed = tmp_path / f"{stage.name}.yaml"
+        composed.write_text(yaml.safe_dump(compose_stage_config(stage, spec.run_dir)))
+        cli = parse(composed)
+        assert cli.config["fit"]["trainer"]["logger"]["init_args"]["save_dir"] == str(tmp_path), stage.name
 
 
 @pytest.mark.parametrize("path", STAGE_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))

@@ -1,0 +1,146 @@
+"""The demo pipeline end to end through ``mm-lightning pipeline``, with every stage cut to a few steps.
+
+One run goes through uninterrupted; another is killed during joint pre-training (recipe stage 3) and run
+again with the same command: it must skip the finished stages, resume the stopped one from its checkpoint
+and end with the same final figures and weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mm_lightning.checkpoint import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "configs" / "pipelines" / "demo.yaml"
+SHORT = {  # a few steps each, small validations, no loader workers: the plumbing, not the learning
+    "text": {"trainer.max_steps": 4, "trainer.limit_val_batches": 2},
+    "vit": {"trainer.max_steps": 4, "trainer.limit_val_batches": 2, "model.init_args.schedule.total_steps": 4},
+    "align": {"trainer.max_steps": 4, "data.init_args.val_batches": 2, "model.init_args.schedule.total_steps": 4},
+    "joint": {"trainer.max_steps": 6, "data.init_args.samples_per_batch": 6, "data.init_args.val_batches": 1},
+    "cooldown": {"trainer.max_steps": 4, "data.init_args.samples_per_batch": 6, "data.init_args.val_batches": 1},
+    "long_context": {
+        "trainer.max_steps": 2,
+        "data.init_args.samples_per_batch": 2,
+        "data.init_args.val_batches": 1,
+        "trainer.callbacks.PasskeyEvaluation.init_args.lengths": [256],
+        "trainer.callbacks.PasskeyEvaluation.init_args.frame_counts": [],
+    },
+}
+EVERY_STAGE = {
+    "trainer.val_check_interval": 2,
+    "trainer.callbacks.ModelCheckpoint.init_args.every_n_train_steps": 2,
+    "data.init_args.num_workers": 0,
+}
+WARMUPS = {"model.init_args.schedule.warmup_steps": 1, "model.init_args.schedule.decay_steps": 1}
+KILL = {"class_path": "pipeline_kill.KillPipelineAtStep", "init_args": {"step": 3}}
+
+
+def short_demo_pipeline(folder: Path) -> Path:
+    """The demo pipeline file with every stage shortened, running into ``folder/run``."""
+    spec = yaml.safe_load(DEMO.read_text())
+    spec["run_dir"] = str(folder / "run")
+    for stage in spec["stages"]:
+        stage["config"] = [
+            str(ROOT / path) for path in ([stage["config"]] if isinstance(stage["config"], str) else stage["config"])
+        ]
+        overrides = stage.setdefault("overrides", {})
+        overrides.update(EVERY_STAGE | SHORT[stage["name"]])
+        if stage["name"] in ("text", "vit", "align"):
+            overrides.update(WARMUPS)
+        if stage["name"] == "cooldown":
+            overrides["trainer.callbacks.ReWarmup.init_args.warmup_steps"] = 1
+        if stage["name"] == "joint":
+            overrides["trainer.callbacks+"] = KILL
+    path = folder / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def run_pipeline_command(pipeline: Path, kill: bool = False) -> subprocess.CompletedProcess:
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    env.pop("MM_TEST_KILL_PIPELINE", None)
+    if kill:
+        env["MM_TEST_KILL_PIPELINE"] = "1"
+    command = [sys.executable, "-m", "mm_lightning.cli", "pipeline", "--config", str(pipeline)]
+    return subprocess.run(
+        command, cwd=pipeline.parent, env=env, capture_output=True, text=True, timeout=900, start_new_session=True
+    )
+
+
+def stage_entries(run_dir: Path) -> dict[str, dict]:
+    return {entry["name"]: entry for entry in json.loads((run_dir / "manifest.json").read_text())["stages"]}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory, demo_sotu, demo_emoji) -> Path:
+    """One uninterrupted run of the shortened demo pipeline; its run folder."""
+    folder = tmp_path_factory.mktemp("pipeline_whole")
+    result = run_pipeline_command(short_demo_pipeline(folder))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (folder / "stdout.txt").write_text(result.stdout)
+    return folder / "run"
+
+
+@pytest.mark.slow
+def test_the_demo_pipeline_runs_every_stage_and_writes_manifest_logs_and_report(uninterrupted: Path) -> None:
+    stages = stage_entries(uninterrupted)
+    assert list(stages) == ["text", "vit", "align", "joint", "cooldown", "long_context"]
+    stdout = (uninterrupted.parent / "stdout.txt").read_text()
+    assert "stage 4/6 joint: joint pre-training (recipe stage 3)" in stdout
+    for name, entry in stages.items():
+        assert entry["status"] == "finished" and entry["attempts"] == 1, (name, entry)
+        assert Path(entry["checkpoint"]).is_file() and Path(entry["resolved_config"]).is_file()
+        assert list(Path(entry["log_dir"]).glob("events.out.tfevents.*")), name
+        assert entry["wall_time_s"] > 0 and entry["tokens"] > 0 and entry["final_metrics"], name
+        assert entry["metric"]["start"] is not None and entry["metric"]["final"] is not None, name
+    steps = {name: (entry["global_step_start"], entry["global_step"]) for name, entry in stages.items()}
+    assert steps == {"text": (0, 4), "vit": (0, 4), "align": (0, 4), "joint": (4, 10), "cooldown": (10, 14),
+                     "long_context": (14, 16)}  # fmt: skip
+    assert stages["long_context"]["rope_base"] == 800_000 and stages["long_context"]["seq_len"] == 1024
+    assert stages["text"]["rope_base"] == 50_000 and stages["vit"]["rope_base"] is None
+    report = uninterrupted / "report.png"
+    assert report.stat().st_size > 20_000 and report.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = (uninterrupted / "summary.txt").read_text()
+    assert "joint pre-training" in summary and "passkey" in summary
+
+
+@pytest.mark.slow
+def test_a_pipeline_killed_in_stage_3_resumes_and_ends_like_the_uninterrupted_run(
+    tmp_path: Path, uninterrupted: Path
+) -> None:
+    pipeline = short_demo_pipeline(tmp_path)
+    killed = run_pipeline_command(pipeline, kill=True)
+    assert killed.returncode != 0
+    run_dir = tmp_path / "run"
+    before = stage_entries(run_dir)
+    assert [before[name]["status"] for name in ("text", "vit", "align", "joint")] == [
+        "finished", "finished", "finished", "running"]  # fmt: skip
+    finished_files = {name: Path(before[name]["checkpoint"]).stat().st_mtime_ns for name in ("text", "vit", "align")}
+
+    rerun = run_pipeline_command(pipeline)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert "joint pre-training (recipe stage 3)" in rerun.stdout and "resume (from " in rerun.stdout, rerun.stdout[-3000:]
+    after, reference = stage_entries(run_dir), stage_entries(uninterrupted)
+    for name in ("text", "vit", "align"):  # not redone
+        assert (
+            after[name]["attempts"] == 1 and Path(after[name]["checkpoint"]).stat().st_mtime_ns == finished_files[name]
+        )
+    assert after["joint"]["attempts"] == 2
+    for name, entry in after.items():
+        assert entry["status"] == "finished", name
+        assert entry["global_step"] == reference[name]["global_step"], name
+        for metric, value in reference[name]["final_metrics"].items():
+            assert entry["final_metrics"][metric] == pytest.approx(value, rel=1e-4, abs=1e-5), (name, metric)
+    ours = load_checkpoint(after["long_context"]["checkpoint"])["state_dict"]
+    theirs = load_checkpoint(reference["long_context"]["checkpoint"])["state_dict"]
+    for key, value in theirs.items():
+        torch.testing.assert_close(ours[key], value, rtol=1e-4, atol=1e-5, msg=key)
