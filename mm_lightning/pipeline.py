@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from mm_lightning.checkpoint import checkpoint_meta, load_checkpoint
 from mm_lightning.errors import ConfigError, MMLightningError
 from mm_lightning.pipeline_config import (
     PipelineSpec,
+    StagePaths,
     StageSpec,
     compose_stage_config,
     config_digest,
@@ -54,6 +56,7 @@ class StagePlan:
     config: dict[str, Any]
     digest: str
     resume_from: Path | None = None
+    set_aside: bool = False
 
     @property
     def header(self) -> str:
@@ -96,7 +99,7 @@ def plan_pipeline(
         _check_inputs_available(spec, stage, manifest, planned, fresh)
         config = compose_stage_config(stage, spec.run_dir)
         upstream_runs = {name: manifest.finished_at(name) if name not in planned else None for name in stage.needs}
-        digest = config_digest({"config": config, "inputs": upstream_runs})
+        digest = config_digest(config | {"pipeline_inputs": upstream_runs})
         planned[stage.name] = _plan_stage(spec, stage, manifest, config, digest, stage.name in fresh)
     total = len(spec.stages)
     for plan in planned.values():
@@ -124,7 +127,8 @@ def _plan_stage(
     plan = StagePlan(stage, index, len(spec.stages), "run", "", config, digest)
     paths = stage_paths(spec.run_dir, stage.name)
     if fresh:
-        plan.reason = "--redo" if paths.root.exists() else ""
+        plan.set_aside = paths.root.exists()
+        plan.reason = "--redo" if plan.set_aside else ""
         return plan
     entry = manifest.stage(stage.name)
     if entry and entry.get("digest") not in (None, digest):
@@ -140,6 +144,8 @@ def _plan_stage(
     if newest is not None:
         plan.action, plan.resume_from = "resume", newest[0]
         plan.reason = f"from {newest[0].name}, step {newest[1]}"
+    else:
+        plan.set_aside = paths.root.exists()  # an attempt that left no checkpoint: start over beside it
     return plan
 
 
@@ -200,15 +206,17 @@ def _say(line: str) -> None:
 def run_stage(spec: PipelineSpec, plan: StagePlan, manifest: Manifest) -> None:
     """Run one stage as ``mm-lightning fit`` in its own process and record it; raise if it did not finish."""
     paths = stage_paths(spec.run_dir, plan.stage.name)
-    if plan.action == "run" and paths.root.exists() and is_rank_zero():
-        _set_aside(paths.root, spec.run_dir)
-    _write_atomically(paths.config, yaml.safe_dump(plan.config, sort_keys=False))
+    config_file = _write_stage_config(plan, paths)
     manifest.start_stage(plan.stage, plan.index, plan.digest, paths)
-    command = [sys.executable, "-m", "mm_lightning.cli", "fit", "--config", str(paths.config)]
+    command = [sys.executable, "-m", "mm_lightning.cli", "fit", "--config", str(config_file)]
     if plan.resume_from is not None:
         command += ["--ckpt_path", str(plan.resume_from)]
     started = time.perf_counter()
-    exit_code = _wait_for(subprocess.Popen(command))
+    try:
+        exit_code = _wait_for(subprocess.Popen(command, env=stage_environment(plan.index)))
+    finally:
+        if config_file != paths.config:
+            config_file.unlink(missing_ok=True)
     manifest.add_wall_time(plan.stage.name, time.perf_counter() - started)
     problem = _unfinished(plan, paths.final, exit_code)
     if problem:
@@ -216,6 +224,35 @@ def run_stage(spec: PipelineSpec, plan: StagePlan, manifest: Manifest) -> None:
         resume = "run the same command again to continue it from its newest checkpoint"
         raise PipelineStopped(f"stage {plan.stage.name!r} {problem}; {resume}.", exit_code or 1)
     record_finished_stage(manifest, plan.stage, plan.config, paths)
+
+
+def _write_stage_config(plan: StagePlan, paths: StagePaths) -> Path:
+    """Rank zero writes ``<stage>/config.yaml`` (after moving an earlier attempt aside when starting over);
+    other ranks run the same config from a private temporary file, so they never race it in the run folder."""
+    text = yaml.safe_dump(plan.config, sort_keys=False)
+    if not is_rank_zero():
+        handle, name = tempfile.mkstemp(prefix=f"mm_lightning_{plan.stage.name}_", suffix=".yaml")
+        with os.fdopen(handle, "w") as f:
+            f.write(text)
+        return Path(name)
+    if plan.set_aside:
+        _set_aside(paths.root, paths.root.parent)
+    _write_atomically(paths.config, text)
+    return paths.config
+
+
+def stage_environment(index: int) -> dict[str, str]:
+    """The environment of stage ``index``'s process: this process's, with a fresh rendezvous under torchrun.
+
+    torchrun's workers join their process group through the agent's store, which keeps the keys of the
+    group before: a second stage's ranks would read the first stage's (closed) addresses. Each stage's rank
+    zero hosts a store of its own instead, on the agent's port + ``index``.
+    """
+    env = dict(os.environ)
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and env.get("MASTER_PORT", "").isdigit():
+        env["TORCHELASTIC_USE_AGENT_STORE"] = "False"
+        env["MASTER_PORT"] = str(int(env["MASTER_PORT"]) + index)
+    return env
 
 
 def _wait_for(process: subprocess.Popen) -> int:

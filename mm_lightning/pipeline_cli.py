@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
-from mm_lightning.errors import MMLightningError
+import yaml
+
+from mm_lightning.errors import ConfigError, MMLightningError
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -24,8 +27,28 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--run-dir", help="where the stages, manifest and report go (default: the file's run_dir)")
     parser.add_argument("--stages", help="comma-separated stage names to run (default: all)")
     parser.add_argument("--redo", help="comma-separated stages to start over, with every stage that consumes them")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a dotted config key set in every stage, e.g. trainer.num_nodes=2 (repeatable; VALUE is YAML)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     return parser.parse_args(argv)
+
+
+def _settings(pairs: list[str]) -> dict[str, Any]:
+    settings = {}
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not equals or not key.strip():
+            raise ConfigError(f"--set takes KEY=VALUE, not {pair!r}.")
+        try:
+            settings[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--set {pair!r}: the value is not valid YAML ({error}).") from None
+    return settings
 
 
 def _names(value: str | None) -> list[str] | None:
@@ -39,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        spec = load_pipeline(args.config, run_dir=args.run_dir)
+        spec = load_pipeline(args.config, run_dir=args.run_dir, overrides=_settings(args.set))
         run_pipeline(spec, only=_names(args.stages), redo=_names(args.redo), dry_run=args.dry_run)
     except PipelineStopped as stopped:
         print(f"mm-lightning pipeline: {stopped}", file=sys.stderr)

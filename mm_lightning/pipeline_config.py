@@ -32,7 +32,9 @@ import yaml
 from mm_lightning.errors import ConfigError
 
 STAGE_KEYS = {"name", "title", "config", "overrides", "inputs", "metric"}
-PIPELINE_KEYS = {"name", "run_dir", "stages"}
+PIPELINE_KEYS = {"name", "run_dir", "overrides", "stages"}
+# how a stage runs, not what it computes: changing these does not make a finished stage stale
+RUNTIME_KEYS = ("trainer.devices", "trainer.num_nodes", "trainer.strategy", "data.init_args.num_workers")
 HIGHER_IS_BETTER = ("r@", "passkey", "acc")
 
 
@@ -96,15 +98,26 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return loaded
 
 
-def load_pipeline(path: str | Path, run_dir: str | Path | None = None) -> PipelineSpec:
-    """Parse and check a pipeline file; ``run_dir`` overrides the file's ``run_dir``."""
+def load_pipeline(
+    path: str | Path, run_dir: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> PipelineSpec:
+    """Parse and check a pipeline file.
+
+    Args:
+        path: the pipeline file.
+        run_dir: replaces the file's ``run_dir``.
+        overrides: dotted keys set in every stage, after the file's top-level and per-stage ``overrides``.
+    """
     path = Path(path)
     raw = load_yaml(path)
     _refuse_unknown(raw, PIPELINE_KEYS, f"{path}")
     entries = raw.get("stages")
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"{path}: `stages` must be a non-empty list.")
-    stages = [_parse_stage(entry, i, path) for i, entry in enumerate(entries)]
+    common = raw.get("overrides") or {}
+    if not isinstance(common, dict):
+        raise ConfigError(f"{path}: `overrides` must be a mapping of dotted config keys.")
+    stages = [_parse_stage(entry, i, path, common, overrides or {}) for i, entry in enumerate(entries)]
     names = [stage.name for stage in stages]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
@@ -124,7 +137,7 @@ def _refuse_unknown(mapping: dict, allowed: set[str], where: str) -> None:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}.")
 
 
-def _parse_stage(entry: Any, position: int, path: Path) -> StageSpec:
+def _parse_stage(entry: Any, position: int, path: Path, common: dict, extra: dict) -> StageSpec:
     where = f"{path}: stage {position + 1}"
     if not isinstance(entry, dict) or "name" not in entry or "config" not in entry:
         raise ConfigError(f"{where} must be a mapping with at least `name` and `config`.")
@@ -137,7 +150,7 @@ def _parse_stage(entry: Any, position: int, path: Path) -> StageSpec:
         name=str(entry["name"]),
         title=str(entry.get("title", entry["name"])),
         configs=tuple(Path(config) for config in configs),
-        overrides=dict(entry.get("overrides", {})),
+        overrides=common | entry.get("overrides", {}) | extra,
         inputs={str(key): str(value) for key, value in entry.get("inputs", {}).items()},
         metric=_parse_metric(entry.get("metric"), where),
     )
@@ -243,7 +256,16 @@ def set_at(config: dict, key: str, value: Any) -> None:
 
 
 def config_digest(config: dict) -> str:
-    """A short hash of a composed stage config: a finished stage is reused only while this stays the same."""
+    """A short hash of what a stage computes: a finished stage is reused only while this stays the same.
+
+    The ``RUNTIME_KEYS`` are left out, so a resumed run may use another number of GPUs or nodes.
+    """
+    config = copy.deepcopy(config)
+    for key in RUNTIME_KEYS:
+        parent, _, last = key.rpartition(".")
+        node = get_at(config, parent)
+        if isinstance(node, dict):
+            node.pop(last, None)
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -190,3 +190,40 @@ def test_the_manifest_keeps_entries_in_pipeline_order_and_survives_a_reload(tmp_
     manifest.path.write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         Manifest.load_or_create(spec)
+
+
+def test_file_wide_and_command_line_overrides_reach_every_stage_and_runtime_keys_keep_a_stage_fresh(
+    tmp_path: Path,
+) -> None:
+    path = write_pipeline(tmp_path, [{"name": "a", "overrides": {"trainer.max_steps": 4}}, {"name": "b"}])
+    raw = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump(raw | {"overrides": {"trainer.max_steps": 7, "trainer.devices": 1}}))
+    spec = load_pipeline(path, overrides={"trainer.gradient_clip_val": 0.5})
+    composed = {stage.name: compose_stage_config(stage, spec.run_dir)["trainer"] for stage in spec.stages}
+    assert composed["a"]["max_steps"] == 4 and composed["b"]["max_steps"] == 7  # the stage's own key wins
+    assert composed["a"]["gradient_clip_val"] == composed["b"]["gradient_clip_val"] == 0.5
+    manifest = Manifest.load_or_create(spec)
+    finish(spec, manifest, "a", plan_pipeline(spec, manifest)[0].digest)
+    more_gpus = load_pipeline(path, overrides={"trainer.gradient_clip_val": 0.5, "trainer.devices": 8})
+    assert plan_pipeline(more_gpus, manifest)[0].action == "skip"
+    other_clip = load_pipeline(path, overrides={"trainer.gradient_clip_val": 1.0})
+    with pytest.raises(ConfigError, match="different config"):
+        plan_pipeline(other_clip, manifest)
+
+
+def test_the_command_reports_mistakes_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from mm_lightning.pipeline_cli import main
+
+    path = write_pipeline(tmp_path, recipe_stages())
+    for argv, message in [
+        (["--config", str(tmp_path / "missing.yaml")], "missing.yaml does not exist"),
+        (["--config", str(path), "--stages", "nope"], "no stage 'nope'"),
+        (["--config", str(path), "--set", "trainer.max_steps"], "--set takes KEY=VALUE"),
+    ]:
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert stop.value.code == 2
+        assert message in capsys.readouterr().err
+    main(["--config", str(path), "--dry-run"])
+    assert "stage 4/5 joint: joint" in capsys.readouterr().out
+    assert not (tmp_path / "run").exists()  # a dry run writes nothing
