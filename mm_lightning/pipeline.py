@@ -207,7 +207,7 @@ def run_stage(spec: PipelineSpec, plan: StagePlan, manifest: Manifest) -> None:
     """Run one stage as ``mm-lightning fit`` in its own process and record it; raise if it did not finish."""
     paths = stage_paths(spec.run_dir, plan.stage.name)
     config_file = _write_stage_config(plan, paths)
-    manifest.start_stage(plan.stage, plan.index, plan.digest, paths)
+    manifest.start_stage(plan.stage, plan.digest, paths, fresh=plan.action == "run")
     command = [sys.executable, "-m", "mm_lightning.cli", "fit", "--config", str(config_file)]
     if plan.resume_from is not None:
         command += ["--ckpt_path", str(plan.resume_from)]

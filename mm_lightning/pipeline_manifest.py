@@ -72,9 +72,13 @@ class Manifest:
         entry = self.stage(name)
         return entry.get("finished_at") if entry and entry.get("status") == "finished" else None
 
-    def start_stage(self, stage: StageSpec, index: int, digest: str, paths: StagePaths) -> None:
-        """Mark a stage running (attempt n+1) with where its config, logs and checkpoints are."""
+    def start_stage(self, stage: StageSpec, digest: str, paths: StagePaths, fresh: bool) -> None:
+        """Mark a stage running (attempt n+1, or 1 when ``fresh``) with where its config, logs and checkpoints are."""
         entry = self._entry(stage.name)
+        if fresh:  # starting over: nothing of an earlier attempt (time, figures) belongs to this run
+            kept = {key: entry[key] for key in ("name", "index", "title")}
+            entry.clear()
+            entry.update(kept)
         entry.update(
             status="running",
             attempts=int(entry.get("attempts", 0)) + 1,

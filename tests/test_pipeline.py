@@ -177,12 +177,19 @@ def test_a_stopped_stage_resumes_from_its_newest_readable_checkpoint(tmp_path: P
 def test_the_manifest_keeps_entries_in_pipeline_order_and_survives_a_reload(tmp_path: Path) -> None:
     spec = load_pipeline(write_pipeline(tmp_path, recipe_stages()))
     manifest = Manifest.load_or_create(spec)
-    manifest.start_stage(spec.stage("text"), 1, "abc", stage_paths(spec.run_dir, "text"))
+    paths = stage_paths(spec.run_dir, "text")
+    manifest.start_stage(spec.stage("text"), "abc", paths, fresh=True)
     manifest.add_wall_time("text", 12.34)
     manifest.stop_stage("text", "was interrupted")
     reloaded = Manifest.load_or_create(spec)
     entry = reloaded.stage("text")
     assert entry["status"] == "stopped" and entry["attempts"] == 1 and entry["wall_time_s"] == 12.3
+    reloaded.start_stage(spec.stage("text"), "abc", paths, fresh=False)  # resumed: time and attempts add up
+    reloaded.add_wall_time("text", 1.0)
+    assert reloaded.stage("text")["attempts"] == 2 and reloaded.stage("text")["wall_time_s"] == 13.3
+    reloaded.start_stage(spec.stage("text"), "abc", paths, fresh=True)  # started over (--redo): from zero
+    assert reloaded.stage("text")["attempts"] == 1 and reloaded.stage("text")["wall_time_s"] == 0.0
+    manifest = reloaded
     assert entry["log_dir"] == str(spec.run_dir / "text" / "logs")
     assert [entry["name"] for entry in reloaded.data["stages"]] == spec.names
     assert reloaded.stage("vit") is None
