@@ -303,7 +303,7 @@ def compose_stage_config(stage: StageSpec, run_dir: Path) -> dict[str, Any]:
     """The stage's config files stacked, its overrides and inputs applied, and its outputs routed into the run.
 
     Logs go to ``<run_dir>/<stage>/logs`` (TensorBoard, which the manifest and report read back) and every
-    ``ModelCheckpoint`` writes to ``<run_dir>/<stage>/checkpoints`` with ``save_last`` on.
+    checkpoint callback writes to ``<run_dir>/<stage>/checkpoints`` with ``save_last`` on.
     """
     config: dict[str, Any] = {}
     for path in stage.configs:
@@ -335,12 +335,15 @@ def _route_logger(logger: Any, run_dir: Path, name: str) -> Any:
     return [routed, *kept] if kept else routed
 
 
+CHECKPOINT_CALLBACKS = ("StageCheckpoint", "ModelCheckpoint")
+
+
 def _route_checkpoints(callbacks: list, dirpath: Path) -> list:
-    """Every ``ModelCheckpoint`` pointed at ``dirpath`` with ``save_last``; one is added when there is none."""
+    """Every checkpoint callback pointed at ``dirpath`` with ``save_last``; one is added when there is none."""
     callbacks = copy.deepcopy(callbacks)
-    checkpoints = [item for item in callbacks if isinstance(item, dict) and _class_name(item) == "ModelCheckpoint"]
+    checkpoints = [item for item in callbacks if isinstance(item, dict) and _class_name(item) in CHECKPOINT_CALLBACKS]
     if not checkpoints:
-        checkpoints.append({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint"})
+        checkpoints.append({"class_path": "mm_lightning.callbacks.StageCheckpoint"})
         callbacks.append(checkpoints[0])
     for item in checkpoints:
         item.setdefault("init_args", {}).update(dirpath=str(dirpath), save_last=True)

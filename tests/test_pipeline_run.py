@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -37,7 +39,7 @@ SHORT = {  # a few steps each, small validations, no loader workers: the plumbin
 }
 EVERY_STAGE = {
     "trainer.val_check_interval": 2,
-    "trainer.callbacks.ModelCheckpoint.init_args.every_n_train_steps": 2,
+    "trainer.callbacks.StageCheckpoint.init_args.every_n_train_steps": 2,
     "data.init_args.num_workers": 0,
 }
 WARMUPS = {"model.init_args.schedule.warmup_steps": 1, "model.init_args.schedule.decay_steps": 1}
@@ -105,6 +107,10 @@ def test_the_demo_pipeline_runs_every_stage_and_writes_manifest_logs_and_report(
     steps = {name: (entry["global_step_start"], entry["global_step"]) for name, entry in stages.items()}
     assert steps == {"text": (0, 4), "vit": (0, 4), "align": (0, 4), "joint": (4, 10), "cooldown": (10, 14),
                      "long_context": (14, 16)}  # fmt: skip
+    checkpoints = {name: sorted(p.name for p in Path(entry["checkpoint"]).parent.glob("step*.ckpt")) for name, entry in
+                   stages.items()}  # fmt: skip
+    assert checkpoints["text"] == ["step2.ckpt", "step4.ckpt"]  # named by the global step they hold
+    assert checkpoints["joint"] == ["step10.ckpt", "step6.ckpt", "step8.ckpt"]
     assert stages["long_context"]["rope_base"] == 800_000 and stages["long_context"]["seq_len"] == 1024
     assert stages["text"]["rope_base"] == 50_000 and stages["vit"]["rope_base"] is None
     report = uninterrupted / "report.png"
@@ -145,3 +151,30 @@ def test_a_pipeline_killed_in_stage_3_resumes_and_ends_like_the_uninterrupted_ru
     theirs = load_checkpoint(reference["long_context"]["checkpoint"])["state_dict"]
     for key, value in theirs.items():
         torch.testing.assert_close(ours[key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_stage_and_the_pipeline_marks_it_stopped(tmp_path: Path, demo_sotu) -> None:
+    """SIGINT to the foreground process group (what Ctrl-C sends): exit 130, the stage recorded as stopped."""
+    spec = {
+        "name": "interrupt",
+        "run_dir": str(tmp_path / "run"),
+        "stages": [{"name": "text", "config": str(ROOT / "configs/text_pretrain/tiny.yaml"), "overrides": {
+            "trainer.max_steps": 5000, "trainer.val_check_interval": 1000, "trainer.num_sanity_val_steps": 0}}],
+    }  # fmt: skip
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(yaml.safe_dump(spec))
+    command = [sys.executable, "-m", "mm_lightning.cli", "pipeline", "--config", str(pipeline)]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)  # fmt: skip
+    events = tmp_path / "run" / "text" / "logs"
+    deadline = time.monotonic() + 300
+    while not list(events.glob("events.out.tfevents.*")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(3)  # inside the training loop
+    os.killpg(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "stage 'text' was interrupted; run the same command again" in stderr
+    entry = stage_entries(tmp_path / "run")["text"]
+    assert entry["status"] == "stopped" and entry["problem"] == "was interrupted"

@@ -1,9 +1,10 @@
-"""Callbacks that own the recipe's knobs, and monitoring."""
+"""Callbacks that own the recipe's knobs, checkpoint naming, and monitoring."""
 
 from mm_lightning.callbacks.lr_schedule import LRSchedulerResume, ReWarmup
 from mm_lightning.callbacks.mixing import ProgressiveMixing
 from mm_lightning.callbacks.passkey import PasskeyEvaluation
 from mm_lightning.callbacks.rope_switch import RoPEBaseSwitch
+from mm_lightning.callbacks.stage_checkpoint import StageCheckpoint
 from mm_lightning.callbacks.throughput import TokenThroughputMonitor
 
 __all__ = [
@@ -12,5 +13,6 @@ __all__ = [
     "ProgressiveMixing",
     "ReWarmup",
     "RoPEBaseSwitch",
+    "StageCheckpoint",
     "TokenThroughputMonitor",
 ]
