@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import sys
 import warnings
+from pathlib import Path
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from mm_lightning.callbacks import TokenThroughputMonitor
-from mm_lightning.errors import MMLightningError
+from mm_lightning.errors import ConfigError, MMLightningError
 from mm_lightning.stages import StageModule
 
 
@@ -26,6 +27,30 @@ class MMLightningCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(TokenThroughputMonitor, "throughput")
+
+
+class _ParseOnlyCLI(MMLightningCLI):
+    """Parses and validates a config; instantiates nothing (so a GPU config checks on any machine)."""
+
+    def instantiate_classes(self) -> None:
+        pass
+
+    def _run_subcommand(self, subcommand: str | None) -> None:
+        pass
+
+
+def check_fit_config(path: Path) -> None:
+    """Raise a ``ConfigError`` with the parser's message if ``mm-lightning fit --config path`` would refuse it."""
+    no_exit = {"exit_on_error": False}
+    try:
+        _ParseOnlyCLI(
+            model_class=StageModule, subclass_mode_model=True, datamodule_class=LightningDataModule,
+            subclass_mode_data=True, auto_configure_optimizers=False, args=["fit", "--config", str(path)],
+            parser_kwargs={**no_exit, "fit": no_exit}, seed_everything_default=False,
+        )  # fmt: skip
+    except Exception as error:  # jsonargparse's ArgumentError, or a project error raised while resolving
+        message = str(find_user_error(error) or error).splitlines()[0]
+        raise ConfigError(f"the composed config does not parse: {message}") from None
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> MMLightningCLI:

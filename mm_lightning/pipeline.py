@@ -3,37 +3,34 @@
 Each stage runs as its own ``mm-lightning fit --config <run_dir>/<stage>/config.yaml`` process, exactly what a
 user would type for one stage, so a launch that works for one stage (``torchrun``, ``srun``, Lightning's own
 process launcher) works for the pipeline: every rank runs the pipeline, and every rank's pipeline starts the
-same stage processes in the same order. Rank zero keeps ``<run_dir>/manifest.json``; a rerun of the same
-command skips finished stages, continues a stage that stopped from its newest readable checkpoint, and
-starts the rest.
+same stage processes in the same order. Rank zero keeps ``<run_dir>/manifest.json`` and decides whether a
+stage finished; the other ranks wait for its verdict there. A rerun of the same command skips finished
+stages, continues a stage that stopped from its newest readable checkpoint, and runs the rest
+(``pipeline_plan.py``).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from mm_lightning.checkpoint import checkpoint_meta, load_checkpoint
+from mm_lightning.cli import check_fit_config
 from mm_lightning.errors import ConfigError, MMLightningError
-from mm_lightning.pipeline_config import (
-    PipelineSpec,
-    StagePaths,
-    StageSpec,
-    compose_stage_config,
-    config_digest,
-    get_at,
-    stage_paths,
-)
+from mm_lightning.pipeline_config import PipelineSpec, StagePaths, get_at, stage_paths
 from mm_lightning.pipeline_manifest import Manifest, is_rank_zero, record_finished_stage
+from mm_lightning.pipeline_plan import StagePlan, plan_pipeline
+
+VERDICT_TIMEOUT_S = 900  # how long other ranks wait for rank zero to record a stage's outcome
 
 
 class PipelineStopped(MMLightningError):
@@ -44,141 +41,23 @@ class PipelineStopped(MMLightningError):
         self.exit_code = exit_code
 
 
-@dataclasses.dataclass
-class StagePlan:
-    """What the pipeline will do with one stage: ``run`` it, ``resume`` it from a checkpoint, or ``skip`` it."""
-
-    stage: StageSpec
-    index: int
-    total: int
-    action: str
-    reason: str
-    config: dict[str, Any]
-    digest: str
-    resume_from: Path | None = None
-    set_aside: bool = False
-
-    @property
-    def header(self) -> str:
-        """The one line printed before the stage starts."""
-        steps = get_at(self.config, "trainer.max_steps")
-        parts = [f"stage {self.index}/{self.total} {self.stage.name}: {self.stage.title}"]
-        parts.append(" + ".join(str(path) for path in self.stage.configs))
-        if self.stage.needs:
-            parts.append(f"from {', '.join(self.stage.needs)}")
-        if isinstance(steps, int) and steps > 0:
-            parts.append(f"{steps} steps")
-        parts.append(f"{self.action}{f' ({self.reason})' if self.reason else ''}")
-        return " · ".join(parts)
-
-
-def dependents(spec: PipelineSpec, names: set[str]) -> set[str]:
-    """``names`` and every stage that consumes their checkpoints, directly or through other stages."""
-    found = set(names)
-    for stage in spec.stages:  # dependency order: a consumer comes after what it consumes
-        if set(stage.needs) & found:
-            found.add(stage.name)
-    return found
-
-
-def plan_pipeline(
-    spec: PipelineSpec, manifest: Manifest, only: list[str] | None = None, redo: list[str] | None = None
-) -> list[StagePlan]:
-    """Decide, for each selected stage in dependency order, whether to run, resume or skip it.
-
-    A finished stage is skipped while its composed config and its inputs' runs are unchanged; otherwise the
-    plan refuses with a message that names the stage and ``--redo``. ``redo`` stages and everything that
-    consumes them start over.
-    """
-    for name in (only or []) + (redo or []):
-        spec.stage(name)  # a clear error for an unknown name
-    selected = [stage for stage in spec.stages if only is None or stage.name in only]
-    fresh = dependents(spec, set(redo or []))
-    planned: dict[str, StagePlan] = {}
-    for stage in selected:
-        _check_inputs_available(spec, stage, manifest, planned, fresh)
-        config = compose_stage_config(stage, spec.run_dir)
-        upstream_runs = {name: manifest.finished_at(name) if name not in planned else None for name in stage.needs}
-        digest = config_digest(config | {"pipeline_inputs": upstream_runs})
-        planned[stage.name] = _plan_stage(spec, stage, manifest, config, digest, stage.name in fresh)
-    total = len(spec.stages)
-    for plan in planned.values():
-        plan.total = total
-    return list(planned.values())
-
-
-def _check_inputs_available(
-    spec: PipelineSpec, stage: StageSpec, manifest: Manifest, planned: dict[str, StagePlan], fresh: set[str]
-) -> None:
-    for name in stage.needs:
-        if name in planned:
-            continue
-        if name in fresh or not manifest.is_finished(name) or not stage_paths(spec.run_dir, name).final.is_file():
-            raise ConfigError(
-                f"stage {stage.name!r} needs the finished checkpoint of stage {name!r}, which this run does not "
-                f"have yet; add {name} to --stages (or run the whole pipeline)."
-            )
-
-
-def _plan_stage(
-    spec: PipelineSpec, stage: StageSpec, manifest: Manifest, config: dict, digest: str, fresh: bool
-) -> StagePlan:
-    index = spec.names.index(stage.name) + 1
-    plan = StagePlan(stage, index, len(spec.stages), "run", "", config, digest)
-    paths = stage_paths(spec.run_dir, stage.name)
-    if fresh:
-        plan.set_aside = paths.root.exists()
-        plan.reason = "--redo" if plan.set_aside else ""
-        return plan
-    entry = manifest.stage(stage.name)
-    if entry and entry.get("digest") not in (None, digest):
-        raise ConfigError(
-            f"stage {stage.name!r} in {spec.run_dir} ran with a different config or different inputs than the "
-            f"pipeline file gives now; rerun it (and what consumes it) with --redo {stage.name}, or pass another "
-            "--run-dir."
-        )
-    if manifest.is_finished(stage.name) and paths.final.is_file():
-        plan.action, plan.reason = "skip", f"finished at step {entry.get('global_step')}"
-        return plan
-    newest = newest_checkpoint(paths.checkpoints)
-    if newest is not None:
-        plan.action, plan.resume_from = "resume", newest[0]
-        plan.reason = f"from {newest[0].name}, step {newest[1]}"
-    else:
-        plan.set_aside = paths.root.exists()  # an attempt that left no checkpoint: start over beside it
-    return plan
-
-
-def newest_checkpoint(folder: Path) -> tuple[Path, int] | None:
-    """The readable checkpoint with the highest global step in ``folder`` (``last.ckpt`` wins a tie).
-
-    A file that cannot be read (a kill in the middle of writing it) is passed over with a note.
-    """
-    best: tuple[Path, int] | None = None
-    for path in sorted(folder.glob("*.ckpt"), key=lambda p: (p.name == "last.ckpt", p.name)):
-        try:
-            step = int(checkpoint_meta(load_checkpoint(path), path)["global_step"])
-        except Exception as error:  # a truncated or foreign file: skip it, say so
-            print(f"mm-lightning pipeline: passing over unreadable checkpoint {path}: {error}", file=sys.stderr)
-            continue
-        if best is None or step >= best[1]:
-            best = (path, step)
-    return best
-
-
 def run_pipeline(
     spec: PipelineSpec, only: list[str] | None = None, redo: list[str] | None = None, dry_run: bool = False
 ) -> Manifest:
     """Run the plan; returns the manifest (also in ``<run_dir>/manifest.json``). ``dry_run`` only prints it."""
     manifest = Manifest.load_or_create(spec)
     plans = plan_pipeline(spec, manifest, only, redo)
+    for plan in plans:  # a typo in a late stage's overrides is caught now, not hours into the run
+        if plan.action != "skip":
+            check_composed_config(plan)
     if dry_run:
         print_plan(spec, plans)
         return manifest
+    _stop_on_sigterm()
     for plan in plans:
         _say(plan.header)
         if plan.action != "skip":
-            run_stage(spec, plan, manifest)
+            run_stage(spec, plan, manifest, redo_given=bool(redo))
     if is_rank_zero():
         from mm_lightning.report import format_summary, write_report
 
@@ -203,11 +82,43 @@ def _say(line: str) -> None:
         print(f"\n=== {line}", flush=True)
 
 
-def run_stage(spec: PipelineSpec, plan: StagePlan, manifest: Manifest) -> None:
+def check_composed_config(plan: StagePlan) -> None:
+    """Parse the stage's composed config through the ``fit`` command's parser (nothing is built)."""
+    handle, name = tempfile.mkstemp(prefix=f"mm_lightning_check_{plan.stage.name}_", suffix=".yaml")
+    try:
+        with os.fdopen(handle, "w") as f:
+            f.write(yaml.safe_dump(plan.config, sort_keys=False))
+        check_fit_config(Path(name))
+    except ConfigError as error:
+        raise ConfigError(f"stage {plan.stage.name!r}: {error}") from None
+    finally:
+        os.unlink(name)
+
+
+class Terminated(Exception):
+    """SIGTERM reached the pipeline (torchrun stopping its workers, scancel, a job's time limit)."""
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM stops the pipeline like Ctrl-C (stage told, outcome recorded); SIGUSR1 (SLURM's warning before a
+    requeue, which the stage's Lightning handles) no longer kills it. Only the main thread can set handlers."""
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated
+
+    try:
+        signal.signal(signal.SIGTERM, terminate)
+        signal.signal(signal.SIGUSR1, lambda signum, frame: None)
+    except ValueError:  # not the main thread (a notebook's worker thread): keep the defaults
+        pass
+
+
+def run_stage(spec: PipelineSpec, plan: StagePlan, manifest: Manifest, redo_given: bool = False) -> None:
     """Run one stage as ``mm-lightning fit`` in its own process and record it; raise if it did not finish."""
     paths = stage_paths(spec.run_dir, plan.stage.name)
     config_file = _write_stage_config(plan, paths)
     manifest.start_stage(plan.stage, plan.digest, paths, fresh=plan.action == "run")
+    attempt = manifest.stage(plan.stage.name)["attempts"]
     command = [sys.executable, "-m", "mm_lightning.cli", "fit", "--config", str(config_file)]
     if plan.resume_from is not None:
         command += ["--ckpt_path", str(plan.resume_from)]
@@ -217,13 +128,40 @@ def run_stage(spec: PipelineSpec, plan: StagePlan, manifest: Manifest) -> None:
     finally:
         if config_file != paths.config:
             config_file.unlink(missing_ok=True)
+    if not is_rank_zero():
+        _await_verdict(manifest.path, plan.stage.name, attempt, exit_code)
+        return
     manifest.add_wall_time(plan.stage.name, time.perf_counter() - started)
     problem = _unfinished(plan, paths.final, exit_code)
     if problem:
         manifest.stop_stage(plan.stage.name, problem)
-        resume = "run the same command again to continue it from its newest checkpoint"
-        raise PipelineStopped(f"stage {plan.stage.name!r} {problem}; {resume}.", exit_code or 1)
+        again = "run the same command without --redo" if redo_given else "run the same command again"
+        advice = "fix its config, then run the same command again" if exit_code == 2 else (
+            f"{again} to continue it from its newest checkpoint")  # fmt: skip
+        raise PipelineStopped(f"stage {plan.stage.name!r} {problem}; {advice}.", _exit_status(exit_code))
     record_finished_stage(manifest, plan.stage, plan.config, paths)
+
+
+def _await_verdict(manifest_path: Path, name: str, attempt: int, exit_code: int) -> None:
+    """On ranks other than zero: wait until rank zero records attempt ``attempt`` of the stage as finished."""
+    deadline = time.monotonic() + VERDICT_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            stages = json.loads(manifest_path.read_text())["stages"]
+            entry = next(entry for entry in stages if entry["name"] == name)
+        except (OSError, ValueError, KeyError, StopIteration):  # not written yet, or mid-replace
+            entry = {}
+        if entry.get("attempts") == attempt and entry.get("status") == "finished":
+            return
+        if entry.get("attempts") == attempt and entry.get("status") == "stopped":
+            raise PipelineStopped(f"stage {name!r} {entry.get('problem', 'stopped')} (rank zero's verdict)", 1)
+        time.sleep(2)
+    raise PipelineStopped(f"no outcome of stage {name!r} from rank zero in {VERDICT_TIMEOUT_S} s", exit_code or 1)
+
+
+def _exit_status(exit_code: int) -> int:
+    """The pipeline's exit status for a stage's: a stage killed by signal N gives 128 + N, as a shell would."""
+    return 128 - exit_code if exit_code < 0 else exit_code or 1
 
 
 def _write_stage_config(plan: StagePlan, paths: StagePaths) -> Path:
@@ -256,22 +194,28 @@ def stage_environment(index: int) -> dict[str, str]:
 
 
 def _wait_for(process: subprocess.Popen) -> int:
-    """The stage's exit code; on Ctrl-C (which the stage also receives) give it time to stop cleanly."""
+    """The stage's exit code; on Ctrl-C or SIGTERM give the stage time to stop cleanly, then 130 or 143."""
     try:
         return process.wait()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as stop:
+        if isinstance(stop, Terminated):
+            process.send_signal(signal.SIGTERM)  # Ctrl-C reaches the whole process group; SIGTERM may not
         try:
             process.wait(timeout=60)
-        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+        except (subprocess.TimeoutExpired, KeyboardInterrupt, Terminated):
             process.kill()
             process.wait()
-        return 130
+        return 143 if isinstance(stop, Terminated) else 130
 
 
 def _unfinished(plan: StagePlan, final: Path, exit_code: int) -> str:
     """Why the stage cannot count as finished, or ``""``."""
-    if exit_code == 130:
-        return "was interrupted"
+    if exit_code in (130, 143):
+        return "was interrupted" if exit_code == 130 else "was stopped (SIGTERM)"
+    if exit_code < 0:
+        return f"was killed by {signal.Signals(-exit_code).name} (out of memory, or killed from outside?)"
+    if exit_code == 2:
+        return "refused its config (exit code 2; the message is above)"
     if exit_code != 0:
         return f"failed (exit code {exit_code}; its messages are above)"
     if not final.is_file():

@@ -57,7 +57,7 @@ def _names(value: str | None) -> list[str] | None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``mm-lightning pipeline``; a user's mistake is one line on stderr and exit code 2."""
-    from mm_lightning.pipeline import PipelineStopped, run_pipeline
+    from mm_lightning.pipeline import PipelineStopped, Terminated, run_pipeline
     from mm_lightning.pipeline_config import load_pipeline
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
@@ -70,3 +70,9 @@ def main(argv: list[str] | None = None) -> None:
     except MMLightningError as error:
         print(f"mm-lightning: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    except (KeyboardInterrupt, Terminated) as stop:  # between stages: nothing is half-done
+        print("mm-lightning pipeline: stopped; run the same command again to continue.", file=sys.stderr)
+        raise SystemExit(130 if isinstance(stop, KeyboardInterrupt) else 143) from None
+    except OSError as error:  # the run folder: permissions, a full disk
+        print(f"mm-lightning pipeline: error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None

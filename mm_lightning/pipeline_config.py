@@ -24,6 +24,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML mapping from ``path``, or a ``ConfigError`` that names the file."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist.")
+        relative = "" if path.is_absolute() else f" (relative paths start from the current folder, {Path.cwd()})"
+        raise ConfigError(f"config file {path} does not exist{relative}.")
     try:
         loaded = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
@@ -146,6 +148,8 @@ def _parse_stage(entry: Any, position: int, path: Path, common: dict, extra: dic
     for key in ("overrides", "inputs"):
         if not isinstance(entry.get(key, {}), dict):
             raise ConfigError(f"{where} ({entry['name']}): `{key}` must be a mapping of dotted config keys.")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", str(entry["name"])) or entry["name"] == "replaced":
+        raise ConfigError(f"{where}: a stage name is letters, digits, _ and - (and not 'replaced'): {entry['name']!r}.")
     return StageSpec(
         name=str(entry["name"]),
         title=str(entry.get("title", entry["name"])),
@@ -255,12 +259,13 @@ def set_at(config: dict, key: str, value: Any) -> None:
         raise ConfigError(f"config key {key}: cannot set {last!r} under a plain value.")
 
 
-def config_digest(config: dict) -> str:
+def config_digest(config: dict, run_dir: Path) -> str:
     """A short hash of what a stage computes: a finished stage is reused only while this stays the same.
 
-    The ``RUNTIME_KEYS`` are left out, so a resumed run may use another number of GPUs or nodes.
+    The ``RUNTIME_KEYS`` are left out, so a resumed run may use another number of GPUs or nodes, and so is the
+    run folder's location, so the folder may move.
     """
-    config = copy.deepcopy(config)
+    config = json.loads(json.dumps(config, default=str).replace(json.dumps(str(run_dir))[1:-1], "<run_dir>"))
     for key in RUNTIME_KEYS:
         parent, _, last = key.rpartition(".")
         node = get_at(config, parent)
@@ -317,8 +322,19 @@ def compose_stage_config(stage: StageSpec, run_dir: Path) -> dict[str, Any]:
         raise ConfigError(f"stage {stage.name!r}: {error}") from None
     paths = stage_paths(run_dir, stage.name)
     trainer = config.setdefault("trainer", {})
+    callbacks = trainer.get("callbacks") or []
+    if not isinstance(callbacks, list):
+        raise ConfigError(
+            f"stage {stage.name!r}: trainer.callbacks must be a list (an override may have made it a mapping)."
+        )
+    if get_at(config, "trainer.strategy.init_args.save_distributed_checkpoint") is True:
+        raise ConfigError(
+            f"stage {stage.name!r}: the pipeline hands one-file checkpoints to the next stage; set "
+            "trainer.strategy.init_args.save_distributed_checkpoint: false."
+        )
     trainer["logger"] = _route_logger(trainer.get("logger", True), run_dir, stage.name)
-    trainer["callbacks"] = _route_checkpoints(trainer.get("callbacks") or [], paths.checkpoints)
+    trainer["callbacks"] = _route_checkpoints(callbacks, paths.checkpoints)
+    trainer["default_root_dir"] = str(paths.root)  # where Lightning puts a SLURM requeue's hpc_ckpt_*.ckpt
     return config
 
 
@@ -345,6 +361,6 @@ def _route_checkpoints(callbacks: list, dirpath: Path) -> list:
     if not checkpoints:
         checkpoints.append({"class_path": "mm_lightning.callbacks.StageCheckpoint"})
         callbacks.append(checkpoints[0])
-    for item in checkpoints:
-        item.setdefault("init_args", {}).update(dirpath=str(dirpath), save_last=True)
+    for position, item in enumerate(checkpoints):  # one writes last.ckpt; a second would write last-v1.ckpt
+        item.setdefault("init_args", {}).update(dirpath=str(dirpath), save_last=position == 0)
     return callbacks

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +47,9 @@ class Manifest:
             try:
                 data = json.loads(path.read_text())
             except json.JSONDecodeError as error:
-                raise ConfigError(f"{path} is not valid JSON ({error}); move it away to start this run over.") from None
+                raise ConfigError(
+                    f"{path} is not valid JSON ({error}); move the run folder away, or pass another --run-dir."
+                ) from None
         data.update(pipeline=spec.name, pipeline_file=str(spec.path), run_dir=str(spec.run_dir))
         known = {entry["name"]: entry for entry in data.get("stages", [])}
         data["stages"] = [  # the pipeline's order; entries of stages no longer in the file are dropped
@@ -67,19 +70,20 @@ class Manifest:
         entry = self.stage(name)
         return bool(entry and entry.get("status") == "finished")
 
-    def finished_at(self, name: str) -> str | None:
-        """When stage ``name`` last finished: part of its consumers' digests, so a redone input is noticed."""
+    def run_id(self, name: str) -> str | None:
+        """The id of stage ``name``'s current run, new at every fresh start (kept when it resumes)."""
         entry = self.stage(name)
-        return entry.get("finished_at") if entry and entry.get("status") == "finished" else None
+        return entry.get("run_id") if entry else None
 
     def start_stage(self, stage: StageSpec, digest: str, paths: StagePaths, fresh: bool) -> None:
-        """Mark a stage running (attempt n+1, or 1 when ``fresh``) with where its config, logs and checkpoints are."""
+        """Mark a stage running (attempt n+1, or 1 with a new run id when ``fresh``) and record what it consumes."""
         entry = self._entry(stage.name)
         if fresh:  # starting over: nothing of an earlier attempt (time, figures) belongs to this run
             kept = {key: entry[key] for key in ("name", "index", "title")}
             entry.clear()
-            entry.update(kept)
+            entry.update(kept, run_id=uuid.uuid4().hex[:12])
         entry.update(
+            consumed={name: self.run_id(name) for name in stage.needs},
             status="running",
             attempts=int(entry.get("attempts", 0)) + 1,
             digest=digest,

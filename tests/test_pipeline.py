@@ -11,7 +11,6 @@ import yaml
 
 from mm_lightning.checkpoint import META_KEY
 from mm_lightning.errors import ConfigError
-from mm_lightning.pipeline import newest_checkpoint, plan_pipeline
 from mm_lightning.pipeline_config import (
     compose_stage_config,
     get_at,
@@ -21,7 +20,9 @@ from mm_lightning.pipeline_config import (
     stage_paths,
 )
 from mm_lightning.pipeline_manifest import Manifest
+from mm_lightning.pipeline_plan import newest_checkpoint, plan_pipeline
 
+ROOT = Path(__file__).resolve().parents[1]
 STAGE_CONFIG = {
     "trainer": {
         "max_steps": 10,
@@ -163,15 +164,49 @@ def test_a_changed_config_is_refused_and_redo_restarts_the_stage_and_its_consume
 def test_a_stopped_stage_resumes_from_its_newest_readable_checkpoint(tmp_path: Path) -> None:
     spec = load_pipeline(write_pipeline(tmp_path, recipe_stages()))
     manifest = Manifest.load_or_create(spec)
-    folder = stage_paths(spec.run_dir, "text").checkpoints
-    folder.mkdir(parents=True)
-    for step in (5, 10):
-        torch.save({META_KEY: {"global_step": step}}, folder / f"step{step}.ckpt")
-    (folder / "last.ckpt").write_bytes(b"truncated by a kill")  # newer, but unreadable
-    assert newest_checkpoint(folder) == (folder / "step10.ckpt", 10)
+    paths = stage_paths(spec.run_dir, "text")
+    paths.checkpoints.mkdir(parents=True)
+    torch.save({META_KEY: {"global_step": 5}}, paths.checkpoints / "step5.ckpt")
+    with pytest.raises(ConfigError, match="no record of stage 'text'; pass --redo text"):
+        plan_pipeline(spec, manifest)  # checkpoints the manifest does not know: not resumed blindly
+    manifest.start_stage(spec.stage("text"), plan_pipeline(spec, manifest, redo=["text"])[0].digest, paths, True)
+    manifest.stop_stage("text", "was interrupted")
+    torch.save({META_KEY: {"global_step": 10}}, paths.checkpoints / "step10.ckpt")
+    (paths.checkpoints / "last.ckpt").write_bytes(b"truncated by a kill")  # newer, but unreadable
+    assert newest_checkpoint(paths.checkpoints) == (paths.checkpoints / "step10.ckpt", 10)
     text = plan_pipeline(spec, manifest)[0]
-    assert (text.action, text.resume_from) == ("resume", folder / "step10.ckpt")
+    assert (text.action, text.resume_from) == ("resume", paths.checkpoints / "step10.ckpt")
+    torch.save({META_KEY: {"global_step": 12}}, paths.root / "hpc_ckpt_1.ckpt")  # a SLURM requeue's
+    assert plan_pipeline(spec, manifest)[0].resume_from == paths.root / "hpc_ckpt_1.ckpt"
     assert newest_checkpoint(tmp_path / "nothing") is None
+    for path in paths.checkpoints.glob("step*.ckpt"):
+        path.write_bytes(b"garbage")
+    (paths.root / "hpc_ckpt_1.ckpt").unlink()
+    with pytest.raises(ConfigError, match="none of the checkpoints .* can be read"):
+        plan_pipeline(spec, manifest)  # not a silent start from step 0
+
+
+def test_a_consumer_reruns_when_its_input_ran_again_even_across_separate_commands(tmp_path: Path) -> None:
+    spec = load_pipeline(write_pipeline(tmp_path, recipe_stages()))
+    manifest = Manifest.load_or_create(spec)
+    for plan in plan_pipeline(spec, manifest):  # a whole run, in order, as run_stage records it
+        manifest.start_stage(plan.stage, plan.digest, stage_paths(spec.run_dir, plan.stage.name), fresh=True)
+        finish(spec, manifest, plan.stage.name)
+    assert {plan.action for plan in plan_pipeline(spec, manifest)} == {"skip"}
+    assert [p.action for p in plan_pipeline(spec, manifest, only=["joint", "cooldown"])] == ["skip", "skip"]
+    text = next(plan for plan in plan_pipeline(spec, manifest, redo=["text"]) if plan.stage.name == "text")
+    manifest.start_stage(text.stage, text.digest, stage_paths(spec.run_dir, "text"), fresh=True)  # --redo text
+    finish(spec, manifest, "text")  # ... with --stages text only; then the plain command:
+    actions = {plan.stage.name: (plan.action, plan.reason) for plan in plan_pipeline(spec, manifest)}
+    assert actions == {
+        "text": ("skip", "finished at step 10"),
+        "vit": ("skip", "finished at step 10"),
+        "align": ("run", "text ran again since"),
+        "joint": ("run", "after align"),
+        "cooldown": ("run", "after joint"),
+    }
+    with pytest.raises(ConfigError, match="needs the finished checkpoint of stage 'align'"):
+        plan_pipeline(spec, manifest, only=["joint"])  # align is out of date
 
 
 def test_the_manifest_keeps_entries_in_pipeline_order_and_survives_a_reload(tmp_path: Path) -> None:
@@ -218,7 +253,9 @@ def test_file_wide_and_command_line_overrides_reach_every_stage_and_runtime_keys
         plan_pipeline(other_clip, manifest)
 
 
-def test_the_command_reports_mistakes_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_the_command_reports_mistakes_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from mm_lightning.pipeline_cli import main
 
     path = write_pipeline(tmp_path, recipe_stages())
@@ -231,6 +268,12 @@ def test_the_command_reports_mistakes_in_one_line(tmp_path: Path, capsys: pytest
             main(argv)
         assert stop.value.code == 2
         assert message in capsys.readouterr().err
-    main(["--config", str(path), "--dry-run"])
-    assert "stage 4/5 joint: joint" in capsys.readouterr().out
-    assert not (tmp_path / "run").exists()  # a dry run writes nothing
+    demo = ROOT / "configs" / "pipelines" / "demo.yaml"
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit) as stop:  # a typo in a key is caught before any stage runs
+        main(["--config", str(demo), "--run-dir", str(tmp_path / "demo"), "--set", "trainer.max_stepz=3"])
+    assert stop.value.code == 2
+    assert "stage 'text': the composed config does not parse" in capsys.readouterr().err
+    main(["--config", str(demo), "--run-dir", str(tmp_path / "demo"), "--dry-run"])
+    assert "stage 4/6 joint: joint pre-training (recipe stage 3)" in capsys.readouterr().out
+    assert not (tmp_path / "demo").exists()  # a dry run writes nothing
