@@ -27,7 +27,7 @@ from mm_lightning.checkpoint import checkpoint_meta, load_checkpoint
 from mm_lightning.cli import check_fit_config
 from mm_lightning.errors import ConfigError, MMLightningError
 from mm_lightning.pipeline_config import PipelineSpec, StagePaths, get_at, stage_paths
-from mm_lightning.pipeline_manifest import Manifest, is_rank_zero, record_finished_stage
+from mm_lightning.pipeline_manifest import Manifest, is_rank_zero, record_finished_stage, write_atomically
 from mm_lightning.pipeline_plan import StagePlan, plan_pipeline
 
 VERDICT_TIMEOUT_S = 900  # how long other ranks wait for rank zero to record a stage's outcome
@@ -84,15 +84,21 @@ def _say(line: str) -> None:
 
 def check_composed_config(plan: StagePlan) -> None:
     """Parse the stage's composed config through the ``fit`` command's parser (nothing is built)."""
-    handle, name = tempfile.mkstemp(prefix=f"mm_lightning_check_{plan.stage.name}_", suffix=".yaml")
+    path = _temporary_config(plan)
     try:
-        with os.fdopen(handle, "w") as f:
-            f.write(yaml.safe_dump(plan.config, sort_keys=False))
-        check_fit_config(Path(name))
+        check_fit_config(path)
     except ConfigError as error:
         raise ConfigError(f"stage {plan.stage.name!r}: {error}") from None
     finally:
-        os.unlink(name)
+        path.unlink()
+
+
+def _temporary_config(plan: StagePlan) -> Path:
+    """The stage's composed config in a private temporary file (the caller removes it)."""
+    handle, name = tempfile.mkstemp(prefix=f"mm_lightning_{plan.stage.name}_", suffix=".yaml")
+    with os.fdopen(handle, "w") as f:
+        f.write(yaml.safe_dump(plan.config, sort_keys=False))
+    return Path(name)
 
 
 class Terminated(Exception):
@@ -167,15 +173,11 @@ def _exit_status(exit_code: int) -> int:
 def _write_stage_config(plan: StagePlan, paths: StagePaths) -> Path:
     """Rank zero writes ``<stage>/config.yaml`` (after moving an earlier attempt aside when starting over);
     other ranks run the same config from a private temporary file, so they never race it in the run folder."""
-    text = yaml.safe_dump(plan.config, sort_keys=False)
     if not is_rank_zero():
-        handle, name = tempfile.mkstemp(prefix=f"mm_lightning_{plan.stage.name}_", suffix=".yaml")
-        with os.fdopen(handle, "w") as f:
-            f.write(text)
-        return Path(name)
+        return _temporary_config(plan)
     if plan.set_aside:
         _set_aside(paths.root, paths.root.parent)
-    _write_atomically(paths.config, text)
+    write_atomically(paths.config, yaml.safe_dump(plan.config, sort_keys=False))
     return paths.config
 
 
@@ -234,10 +236,3 @@ def _set_aside(folder: Path, run_dir: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(folder), str(target))
     print(f"mm-lightning pipeline: moved the earlier {folder.name} files to {target}", flush=True)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    temporary.write_text(text)
-    os.replace(temporary, path)

@@ -115,12 +115,16 @@ class Manifest:
 
     def save(self) -> None:
         """Write the manifest atomically (a kill mid-write leaves the previous one), on rank zero only."""
-        if not is_rank_zero():
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-        temporary.write_text(json.dumps(self.data, indent=2) + "\n")
-        os.replace(temporary, self.path)
+        if is_rank_zero():
+            write_atomically(self.path, json.dumps(self.data, indent=2) + "\n")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``path`` through a temporary file and a rename: a kill mid-write leaves the old file whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    temporary.write_text(text)
+    os.replace(temporary, path)
 
 
 def record_finished_stage(manifest: Manifest, stage: StageSpec, config: dict, paths: StagePaths) -> None:

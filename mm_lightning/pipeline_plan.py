@@ -48,15 +48,6 @@ class StagePlan:
         return " · ".join(parts)
 
 
-def dependents(spec: PipelineSpec, names: set[str]) -> set[str]:
-    """``names`` and every stage that consumes their checkpoints, directly or through other stages."""
-    found = set(names)
-    for stage in spec.stages:  # dependency order: a consumer comes after what it consumes
-        if set(stage.needs) & found:
-            found.add(stage.name)
-    return found
-
-
 def plan_pipeline(
     spec: PipelineSpec, manifest: Manifest, only: list[str] | None = None, redo: list[str] | None = None
 ) -> list[StagePlan]:
