@@ -138,14 +138,14 @@ def run_stage(spec: PipelineSpec, plan: StagePlan, manifest: Manifest, redo_give
         _await_verdict(manifest.path, plan.stage.name, attempt, exit_code)
         return
     manifest.add_wall_time(plan.stage.name, time.perf_counter() - started)
-    problem = _unfinished(plan, paths.final, exit_code)
+    problem, meta = _outcome(plan, paths.final, exit_code)
     if problem:
         manifest.stop_stage(plan.stage.name, problem)
         again = "run the same command without --redo" if redo_given else "run the same command again"
         advice = "fix its config, then run the same command again" if exit_code == 2 else (
             f"{again} to continue it from its newest checkpoint")  # fmt: skip
         raise PipelineStopped(f"stage {plan.stage.name!r} {problem}; {advice}.", _exit_status(exit_code))
-    record_finished_stage(manifest, plan.stage, plan.config, paths)
+    record_finished_stage(manifest, plan.stage, plan.config, paths, meta)
 
 
 def _await_verdict(manifest_path: Path, name: str, attempt: int, exit_code: int) -> None:
@@ -210,24 +210,24 @@ def _wait_for(process: subprocess.Popen) -> int:
         return 143 if isinstance(stop, Terminated) else 130
 
 
-def _unfinished(plan: StagePlan, final: Path, exit_code: int) -> str:
-    """Why the stage cannot count as finished, or ``""``."""
+def _outcome(plan: StagePlan, final: Path, exit_code: int) -> tuple[str, dict]:
+    """Why the stage cannot count as finished (``""`` if it can), and its final checkpoint's metadata."""
     if exit_code in (130, 143):
-        return "was interrupted" if exit_code == 130 else "was stopped (SIGTERM)"
+        return ("was interrupted" if exit_code == 130 else "was stopped (SIGTERM)"), {}
     if exit_code < 0:
-        return f"was killed by {signal.Signals(-exit_code).name} (out of memory, or killed from outside?)"
+        return f"was killed by {signal.Signals(-exit_code).name} (out of memory, or killed from outside?)", {}
     if exit_code == 2:
-        return "refused its config (exit code 2; the message is above)"
+        return "refused its config (exit code 2; the message is above)", {}
     if exit_code != 0:
-        return f"failed (exit code {exit_code}; its messages are above)"
+        return f"failed (exit code {exit_code}; its messages are above)", {}
     if not final.is_file():
-        return f"ended without writing {final}"
+        return f"ended without writing {final}", {}
     meta = checkpoint_meta(load_checkpoint(final), final)
     max_steps = get_at(plan.config, "trainer.max_steps")
     done = int(meta["global_step"]) - int(meta.get("global_step_offset", 0))
     if isinstance(max_steps, int) and max_steps > 0 and done < max_steps:
-        return f"stopped after {done} of {max_steps} steps"
-    return ""
+        return f"stopped after {done} of {max_steps} steps", meta
+    return "", meta
 
 
 def _set_aside(folder: Path, run_dir: Path) -> None:

@@ -15,7 +15,6 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mm_lightning.checkpoint import checkpoint_meta, load_checkpoint
 from mm_lightning.errors import ConfigError
 from mm_lightning.pipeline_config import StagePaths, StageSpec, get_at
 from mm_lightning.run_logs import first_and_last, read_scalars
@@ -127,9 +126,8 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
-def record_finished_stage(manifest: Manifest, stage: StageSpec, config: dict, paths: StagePaths) -> None:
-    """Fill a finished stage's entry from its final checkpoint and its logs."""
-    meta = checkpoint_meta(load_checkpoint(paths.final), paths.final)
+def record_finished_stage(manifest: Manifest, stage: StageSpec, config: dict, paths: StagePaths, meta: dict) -> None:
+    """Fill a finished stage's entry from its final checkpoint's metadata ``meta`` and its logs."""
     start, final = first_and_last(read_scalars(paths.logs))
     start_step, end_step = int(meta.get("global_step_offset", 0)), int(meta["global_step"])
     fields: dict[str, Any] = {
