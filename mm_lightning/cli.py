@@ -29,7 +29,17 @@ class MMLightningCLI(LightningCLI):
         parser.add_lightning_class_args(TokenThroughputMonitor, "throughput")
 
 
-class _ParseOnlyCLI(MMLightningCLI):
+# what every mm-lightning CLI parses: any stage module, any datamodule, optimizers from the stage itself
+CLI_CLASSES = dict(
+    model_class=StageModule,
+    subclass_mode_model=True,
+    datamodule_class=LightningDataModule,
+    subclass_mode_data=True,
+    auto_configure_optimizers=False,
+)
+
+
+class ParseOnlyCLI(MMLightningCLI):
     """Parses and validates a config; instantiates nothing (so a GPU config checks on any machine)."""
 
     def instantiate_classes(self) -> None:
@@ -43,10 +53,9 @@ def check_fit_config(path: Path) -> None:
     """Raise a ``ConfigError`` with the parser's message if ``mm-lightning fit --config path`` would refuse it."""
     no_exit = {"exit_on_error": False}
     try:
-        _ParseOnlyCLI(
-            model_class=StageModule, subclass_mode_model=True, datamodule_class=LightningDataModule,
-            subclass_mode_data=True, auto_configure_optimizers=False, args=["fit", "--config", str(path)],
-            parser_kwargs={**no_exit, "fit": no_exit}, seed_everything_default=False,
+        ParseOnlyCLI(
+            **CLI_CLASSES, args=["fit", "--config", str(path)], parser_kwargs={**no_exit, "fit": no_exit},
+            seed_everything_default=False,
         )  # fmt: skip
     except Exception as error:  # jsonargparse's ArgumentError, or a project error raised while resolving
         message = str(find_user_error(error) or error).splitlines()[0]
@@ -56,11 +65,7 @@ def check_fit_config(path: Path) -> None:
 def build_cli(args: list[str] | None = None, run: bool = True) -> MMLightningCLI:
     """Build (and by default run) the CLI; ``args`` default to ``sys.argv``. Tests use ``run=False``."""
     return MMLightningCLI(
-        model_class=StageModule,
-        subclass_mode_model=True,
-        datamodule_class=LightningDataModule,
-        subclass_mode_data=True,
-        auto_configure_optimizers=False,
+        **CLI_CLASSES,
         save_config_kwargs={"overwrite": True},
         args=args,
         run=run,

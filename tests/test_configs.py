@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mm_lightning.cli import MMLightningCLI, build_cli
+from mm_lightning.cli import CLI_CLASSES, ParseOnlyCLI, build_cli
 from mm_lightning.pipeline_config import compose_stage_config, load_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,19 +19,9 @@ STAGE_CONFIGS = [p for p in STAGE_FILES if "class_path: mm_lightning.stages." in
 OVERLAYS = [p for p in STAGE_FILES if "class_path: mm_lightning.stages." not in p.read_text()]
 
 
-class ParseOnlyCLI(MMLightningCLI):
-    """Parses and validates a config but instantiates nothing (GPU configs parse on a CPU machine)."""
-
-    def instantiate_classes(self) -> None:
-        pass
-
-
 def parse(*config_files: Path) -> ParseOnlyCLI:
     args = ["fit"] + [arg for path in config_files for arg in ("--config", str(path))]
-    return ParseOnlyCLI(
-        model_class=None, subclass_mode_model=True, subclass_mode_data=True, args=args, run=True,
-        auto_configure_optimizers=False,
-    )  # fmt: skip
+    return ParseOnlyCLI(**CLI_CLASSES, args=args, run=True)
 
 
 def test_there_are_configs():
@@ -42,7 +32,6 @@ def test_there_are_configs():
 def test_every_stage_of_a_pipeline_composes_and_parses(path, tmp_path, monkeypatch):
     """Each stage config as the pipeline composes it (inputs, overrides, run folder) is a valid ``fit`` config."""
     monkeypatch.chdir(ROOT)  # pipeline files name stage configs from the repository root
-    monkeypatch.setattr(ParseOnlyCLI, "_run_subcommand", lambda self, subcommand: None)
     spec = load_pipeline(path, run_dir=tmp_path)
     assert {"text", "vit", "align", "joint", "cooldown", "long_context"} <= set(spec.names)
     for stage in spec.stages:
@@ -53,15 +42,13 @@ def test_every_stage_of_a_pipeline_composes_and_parses(path, tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("path", STAGE_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))
-def test_stage_config_parses(path, monkeypatch):
-    monkeypatch.setattr(ParseOnlyCLI, "_run_subcommand", lambda self, subcommand: None)
+def test_stage_config_parses(path):
     cli = parse(path)
     assert cli.config["fit"]["model"]["class_path"].startswith("mm_lightning.stages.")
 
 
 @pytest.mark.parametrize("path", OVERLAYS, ids=lambda p: str(p.relative_to(CONFIGS)))
-def test_overlay_stacks_on_the_tiny_config(path, monkeypatch):
-    monkeypatch.setattr(ParseOnlyCLI, "_run_subcommand", lambda self, subcommand: None)
+def test_overlay_stacks_on_the_tiny_config(path):
     parse(CONFIGS / "text_pretrain" / "tiny.yaml", path)
 
 
