@@ -49,13 +49,13 @@ class DemoText:
     all of it (one 16M-token chunk per input left the captions of ``sotu-captions`` unseen)."""
 
 
-_SOTU = _PACKAGE_DIR / "sotu" / "sotu.jsonl.gz"
+SOTU = _PACKAGE_DIR / "sotu" / "sotu.jsonl.gz"
 DEMO_TEXTS = {
-    "sotu": DemoText(source=_SOTU, version="v2"),
+    "sotu": DemoText(source=SOTU, version="v2"),
     # the speeches plus the emoji-scene train captions: a stage-1 LLM that knows the captions' language, so the
     # frozen LLM of the alignment stage can express them (the speeches alone leave it at ~7.5 nats per token)
     "sotu-captions": DemoText(
-        source=_SOTU,
+        source=SOTU,
         version="v4",
         captions_from="demo:emoji-scenes",
         caption_documents=98304,
@@ -131,6 +131,15 @@ def ensure_demo_text(name: str) -> Path:
     return build_once(demo_dir(name), build)
 
 
+def read_corpus(path: Path) -> tuple[dict, ...]:
+    """The records of a packaged ``.jsonl.gz`` corpus (for ``SOTU``: ``year``, ``name``, ``party``, ``text``)."""
+    import gzip
+    import json
+
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return tuple(json.loads(line) for line in f if line.strip())
+
+
 def _write_with_captions(source: Path, image_demo: str, count: int, path: Path) -> Path:
     """The corpus with ``count`` train-split captions of an image-text demo spread between its documents.
 
@@ -138,13 +147,11 @@ def _write_with_captions(source: Path, image_demo: str, count: int, path: Path) 
     of the prepared stream, and every batch a run draws from one, holds both kinds of text: a captions file of
     its own gave chunks of captions alone, and runs of 8 steps on one kind made the validation loss swing.
     """
-    import gzip
     import json
 
     from mm_lightning.data.emoji_scenes import SceneConfig, generate_scene
 
-    with gzip.open(source, "rt", encoding="utf-8") as f:
-        documents = [json.loads(line)["text"] for line in f if line.strip()]
+    documents = [record["text"] for record in read_corpus(source)]
     config = SceneConfig(vocab_size=_image_demo(image_demo)[1].vocab_size)
     captions = (generate_scene(config, "train", index).caption for index in range(count))
     with open(path, "w", encoding="utf-8") as out:

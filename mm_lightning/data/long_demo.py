@@ -22,7 +22,6 @@ the way :mod:`mm_lightning.data.demo` builds its corpora (a temporary folder ren
 
 from __future__ import annotations
 
-import gzip
 import json
 import random
 import textwrap
@@ -33,7 +32,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from mm_lightning.data.demo import DEMO_PREFIX, build_once, cache_root
+from mm_lightning.data.demo import DEMO_PREFIX, SOTU, build_once, cache_root, read_corpus
 from mm_lightning.data.emoji_scenes import (
     PALETTE,
     PLACES,
@@ -51,7 +50,6 @@ from mm_lightning.data.interleave import encode_image, pack_blobs
 from mm_lightning.data.text_prep import split_of
 from mm_lightning.errors import ConfigError
 
-SOTU = Path(__file__).resolve().parent / "demo_data" / "sotu" / "sotu.jsonl.gz"
 MOTION_FPS = 4.0  # frames per second the demo clips are "recorded" at
 PLACE_NAMES = {place: phrase.split(" ", 1)[1] for place, phrase in PLACES.items()}  # "at the top" -> "the top"
 ADDRESS_VAL_FRACTION = 0.05
@@ -187,8 +185,7 @@ def _motion_records(demo: LongDemo, split: str, count: int) -> Iterator[dict]:
 @cache
 def load_addresses() -> tuple[dict, ...]:
     """The packaged State of the Union addresses (``year``, ``name``, ``party``, ``text``)."""
-    with gzip.open(SOTU, "rt", encoding="utf-8") as f:
-        return tuple(json.loads(line) for line in f if line.strip())
+    return read_corpus(SOTU)
 
 
 def addresses_of(split: str) -> list[int]:
