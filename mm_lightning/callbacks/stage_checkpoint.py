@@ -9,11 +9,15 @@ holds, the ``global_step`` in its metadata: ``step250.ckpt`` after step 250 of s
 It also writes ``last.ckpt`` at the end of training when the last step was not saved yet: Lightning's own
 only does so when nothing was saved during the run, so a ``max_steps`` that the save interval does not
 divide left ``last.ckpt`` at the last interval, and the pipeline counted the stage as unfinished.
+
+Its defaults are the stages' checkpoint policy (``step{step}`` names, every file kept, ``last.ckpt``), so a stage
+config gives only ``dirpath`` and ``every_n_train_steps``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -21,7 +25,35 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 
 class StageCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` (same arguments) whose ``{step}`` is the checkpoint's global step."""
+    """``ModelCheckpoint`` (same arguments) whose ``{step}`` is the checkpoint's global step.
+
+    Args:
+        dirpath: the folder of the checkpoint files.
+        filename: ``step250.ckpt`` by default, on the global step (with ``auto_insert_metric_name`` off).
+        auto_insert_metric_name: off, so that ``step{step}`` gives ``step250``, not ``step=250``.
+        save_top_k: every periodic checkpoint is kept by default (there is no metric to rank them by).
+        save_last: ``last.ckpt``, which the next stage and the pipeline read, on by default.
+        **kwargs: the other ``ModelCheckpoint`` arguments (``every_n_train_steps``, ...).
+    """
+
+    def __init__(
+        self,
+        dirpath: str | Path | None = None,
+        filename: str | None = "step{step}",
+        *,
+        auto_insert_metric_name: bool = False,
+        save_top_k: int = -1,
+        save_last: bool | Literal["link"] | None = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            dirpath=dirpath,
+            filename=filename,
+            auto_insert_metric_name=auto_insert_metric_name,
+            save_top_k=save_top_k,
+            save_last=save_last,
+            **kwargs,
+        )
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
