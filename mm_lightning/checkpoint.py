@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from mm_lightning.errors import MMLightningError
-from mm_lightning.registry import build_from_config, config_from_dict
+from mm_lightning.models.registry import build_from_config, config_from_dict
 
 META_KEY = "mm_lightning"
 

@@ -1,117 +1,68 @@
-"""The ``mm-lightning`` command: a LightningCLI whose stages are ``fit`` plus a config file.
+"""The ``mm-lightning`` command: one table of subcommands, one error policy (:func:`mm_lightning.errors.run_command`).
 
-``mm-lightning fit --config configs/text_pretrain/tiny.yaml`` runs a stage; the YAML picks the stage module and
-datamodule by ``class_path``; stacked ``--config`` files override only what changes. Lightning's other
-subcommands (``validate``, ``test``, ``predict``) work the same way. Three more are not Trainer methods:
-``mm-lightning pipeline`` runs several stages from one file (``pipeline_cli.py``), ``mm-lightning generate``
-samples from a checkpoint (``generate_cli.py``) and ``mm-lightning evaluate`` scores held-out text
-(``evaluate_cli.py``).
+    mm-lightning fit --config configs/text_pretrain/tiny.yaml        # a stage (LightningCLI)
+    mm-lightning pipeline --config configs/pipelines/demo.yaml       # every stage, resumably
+    mm-lightning --help                                              # every command
+
+``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI's (:mod:`mm_lightning.fit`); the others live in
+their feature packages. Each entry names its ``module:function``, imported only when the command runs, so
+``mm-lightning prepare`` never imports Lightning and ``--help`` answers at once. No module imports this one.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 import warnings
-from pathlib import Path
 
-from lightning.pytorch import LightningDataModule
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from mm_lightning.errors import run_command
 
-from mm_lightning.callbacks import TokenThroughputMonitor
-from mm_lightning.errors import ConfigError, MMLightningError
-from mm_lightning.stages import StageModule
-
-
-class MMLightningCLI(LightningCLI):
-    """LightningCLI over any stage module and datamodule, with the throughput monitor always on."""
-
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(TokenThroughputMonitor, "throughput")
-
-
-# what every mm-lightning CLI parses: any stage module, any datamodule, optimizers from the stage itself
-CLI_CLASSES = dict(
-    model_class=StageModule,
-    subclass_mode_model=True,
-    datamodule_class=LightningDataModule,
-    subclass_mode_data=True,
-    auto_configure_optimizers=False,
-)
+# command -> (module:function taking the arguments after the command, one-line description)
+COMMANDS = {
+    "fit": ("mm_lightning.fit:main", "train a stage: a stage config file (LightningCLI)"),
+    "validate": ("mm_lightning.fit:main", "validate a stage's model on its data (LightningCLI)"),
+    "test": ("mm_lightning.fit:main", "test a stage's model on its data (LightningCLI)"),
+    "predict": ("mm_lightning.fit:main", "predict with a stage's model (LightningCLI)"),
+    "pipeline": ("mm_lightning.pipeline.cli:main", "run a pipeline file's stages in order, resumably"),
+    "generate": ("mm_lightning.generation.cli:main", "generate text from a checkpoint, optionally about an image"),
+    "evaluate": ("mm_lightning.eval.cli:main", "held-out text perplexity of stage checkpoints on the same rows"),
+    "prepare": ("mm_lightning.prep.cli:main", "turn raw text, image-text, video or PDFs into litdata shards"),
+}
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 
-class ParseOnlyCLI(MMLightningCLI):
-    """Parses and validates a config; instantiates nothing (so a GPU config checks on any machine)."""
-
-    def instantiate_classes(self) -> None:
-        pass
-
-    def _run_subcommand(self, subcommand: str | None) -> None:
-        pass
-
-
-def check_fit_config(path: Path) -> None:
-    """Raise a ``ConfigError`` with the parser's message if ``mm-lightning fit --config path`` would refuse it."""
-    no_exit = {"exit_on_error": False}
-    try:
-        ParseOnlyCLI(
-            **CLI_CLASSES, args=["fit", "--config", str(path)], parser_kwargs={**no_exit, "fit": no_exit},
-            seed_everything_default=False,
-        )  # fmt: skip
-    except Exception as error:  # jsonargparse's ArgumentError, or a project error raised while resolving
-        message = str(find_user_error(error) or error).splitlines()[0]
-        raise ConfigError(f"the composed config does not parse: {message}") from None
+def usage() -> str:
+    """The ``mm-lightning --help`` text: every command with its description."""
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {description}" for name, (_, description) in COMMANDS.items()]
+    return "\n".join([
+        "usage: mm-lightning COMMAND [ARGS...]   (mm-lightning COMMAND --help for its arguments)",
+        "",
+        "Train vision-language models with the Kimi-VL staged recipe, on PyTorch Lightning.",
+        "",
+        "commands:",
+        *lines,
+    ])  # fmt: skip
 
 
-def build_cli(args: list[str] | None = None, run: bool = True) -> MMLightningCLI:
-    """Build (and by default run) the CLI; ``args`` default to ``sys.argv``. Tests use ``run=False``."""
-    return MMLightningCLI(
-        **CLI_CLASSES,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-        run=run,
-    )
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``mm-lightning`` console script."""
+    argv = sys.argv[1:] if argv is None else argv
     # deprecation noise from inside Lightning and litdata, not actionable by users of the command
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     warnings.filterwarnings("ignore", message="The given buffer is not writable")
-    if sys.argv[1:2] == ["generate"]:
-        from mm_lightning.generate_cli import main as generate_main
-
-        generate_main(sys.argv[2:])
-        return
-    if sys.argv[1:2] == ["pipeline"]:
-        from mm_lightning.pipeline_cli import main as pipeline_main
-
-        pipeline_main(sys.argv[2:])
-        return
-    if sys.argv[1:2] == ["evaluate"]:
-        from mm_lightning.evaluate_cli import main as evaluate_main
-
-        evaluate_main(sys.argv[2:])
-        return
-    try:
-        build_cli()
-    except Exception as error:
-        user_error = find_user_error(error)
-        if user_error is None:
-            raise
-        print(f"mm-lightning: error: {user_error}", file=sys.stderr)  # a user's mistake: one line, no traceback
-        raise SystemExit(2) from None
-
-
-def find_user_error(error: BaseException) -> MMLightningError | None:
-    """The project error behind ``error``, also when jsonargparse re-raised it while instantiating a class."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        if isinstance(current, MMLightningError):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        raise SystemExit(0 if argv else 2)
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"mm-lightning: error: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        raise SystemExit(2)
+    module_name, function_name = COMMANDS[command][0].split(":")
+    function = getattr(importlib.import_module(module_name), function_name)
+    args = argv if command in LIGHTNING_COMMANDS else rest  # LightningCLI parses the subcommand itself
+    raise SystemExit(run_command(f"mm-lightning {command}", lambda: function(args)))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.tensor import distribute_tensor
 
 from mm_lightning.checkpoint import checkpoint_meta, load_checkpoint
 from mm_lightning.errors import ConfigError
@@ -101,7 +102,5 @@ def _place(value: Any, param: nn.Parameter, key: str, optimizer: torch.optim.Opt
         return value.to(device=param.device if on_device else "cpu", dtype=torch.float32, copy=True)
     value = value.to(dtype=param.dtype, copy=True)
     if hasattr(param, "device_mesh"):  # a DTensor shard: distribute the full tensor the same way
-        from torch.distributed.tensor import distribute_tensor
-
         return distribute_tensor(value.to(param.device_mesh.device_type), param.device_mesh, param.placements)
     return value.to(param.device)

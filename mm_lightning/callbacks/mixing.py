@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 
-from mm_lightning.data.mixed_packing import mixture_stats
-from mm_lightning.data.mixture import ShareSchedule, scheduled_share
+from mm_lightning.data.mixture.packing import mixture_stats
+from mm_lightning.data.mixture.plan import ShareSchedule, scheduled_share
 from mm_lightning.errors import ConfigError
 
 

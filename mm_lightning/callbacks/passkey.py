@@ -2,7 +2,7 @@
 
 At every validation (the one before training included, which gives the "before" figure), scores the LLM on
 text passkey prompts at several lengths and, optionally, the VLM on long demo clips with one needle frame
-(``mm_lightning.data.passkey``), and logs ``val/passkey@<length>`` and ``val/passkey_video@<frames>``. Every
+(``mm_lightning.eval.passkey``), and logs ``val/passkey@<length>`` and ``val/passkey_video@<frames>``. Every
 rank runs the same prompts (under FSDP2 the forward passes are collective); the figures are the same on all.
 """
 
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import lightning.pytorch as pl
 
-from mm_lightning.data.passkey import DEFAULT_DEPTHS, passkey_accuracy, passkey_metrics, video_passkey_accuracy
 from mm_lightning.errors import ConfigError
+from mm_lightning.eval.passkey import DEFAULT_DEPTHS, passkey_accuracy, passkey_metrics, video_passkey_accuracy
 
 
 class PasskeyEvaluation(pl.Callback):

@@ -1,35 +1,23 @@
-"""LightningDataModules over litdata streams, and the data preparation they read.
+"""The runtime data path: LightningDataModules that stream prepared litdata shards (or build a demo) into batches.
 
-``TextDataModule`` streams packed token batches for the text stage; ``text_prep`` writes its shards and
-``tokenizer`` holds the byte-level BPE shared by all stages. ``ImageTextDataModule`` streams packed
-native-resolution images with tokenized captions for the ViT stages; ``image_prep`` writes its shards. The
-joint stages' ``MixtureDataModule`` mixes text and multimodal sources on a share schedule (``mixture``). The
-datamodules are imported lazily, so the data preparation scripts do not pay for importing Lightning.
+Data flows ``raw files -> mm_lightning.prep -> litdata shards -> these datamodules -> stages``:
+
+- :class:`TextDataModule` (``text.py``): packed token rows for text pre-training;
+- :class:`ImageTextDataModule` (``image_text.py``): native-resolution images packed NaViT style, with captions, for
+  the ViT stages;
+- :class:`MixtureDataModule` (``mixture_datamodule.py``): the joint stages' named sources mixed on a share
+  schedule and packed into rows; its parts are in ``mixture/`` (``plan``: which source each sample comes from,
+  ``sources``/``long_sources``: what a sample is, ``packing``: samples into rows);
+- :class:`SyntheticTextDataModule` (``synthetic.py``): deterministic random text for benchmarks and tests.
+
+Every path resolves through one :class:`~mm_lightning.data.location.DataLocation` (folder, URL or ``demo:``
+name); the sample codecs shared with the offline preparation (images, video, documents) are in
+:mod:`mm_lightning.media`.
 """
 
-from __future__ import annotations
+from mm_lightning.data.image_text import ImageTextDataModule
+from mm_lightning.data.mixture_datamodule import MixtureDataModule
+from mm_lightning.data.synthetic import SyntheticTextDataModule
+from mm_lightning.data.text import TextDataModule
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from mm_lightning.data.image_text import ImageTextDataModule
-    from mm_lightning.data.mixture_datamodule import MixtureDataModule
-    from mm_lightning.data.text import TextDataModule
-
-__all__ = ["ImageTextDataModule", "MixtureDataModule", "TextDataModule"]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "TextDataModule":
-        from mm_lightning.data.text import TextDataModule
-
-        return TextDataModule
-    if name == "ImageTextDataModule":
-        from mm_lightning.data.image_text import ImageTextDataModule
-
-        return ImageTextDataModule
-    if name == "MixtureDataModule":
-        from mm_lightning.data.mixture_datamodule import MixtureDataModule
-
-        return MixtureDataModule
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["ImageTextDataModule", "MixtureDataModule", "SyntheticTextDataModule", "TextDataModule"]

@@ -15,38 +15,19 @@ a deterministic function of the seed; Lightning saves the train loader's state b
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
 from litdata import StreamingDataset
-from PIL import Image
 from tokenizers import Tokenizer
-from torch import Tensor
 
-from mm_lightning.data import tokenizer as tokenizer_lib
-from mm_lightning.data.demo import ensure_demo_image_text, image_demo_tokenizer
+from mm_lightning import tokenizer as tokenizer_lib
 from mm_lightning.data.streaming import ShardDataModule
-from mm_lightning.errors import ConfigError, DataError
+from mm_lightning.errors import ConfigError
+from mm_lightning.media.images import decode_image
 from mm_lightning.ops.patches import image_to_patches, pack_patches
-
-PIXEL_MEAN = PIXEL_STD = 0.5  # SigLIP: pixels in [-1, 1]
-
-
-def decode_image(data: bytes) -> Tensor:
-    """``[3, H, W]`` float pixels normalised to [-1, 1]; transparency is composited over white."""
-    with Image.open(io.BytesIO(data)) as image:
-        if image.mode in ("RGBA", "LA", "P", "PA"):
-            image = image.convert("RGBA")
-            white = Image.new("RGBA", image.size, (255, 255, 255, 255))
-            image = Image.alpha_composite(white, image)
-        pixels = torch.frombuffer(bytearray(image.convert("RGB").tobytes()), dtype=torch.uint8)
-        height, width = image.height, image.width
-    pixels = pixels.view(height, width, 3).permute(2, 0, 1).float() / 255.0  # [3, H, W]
-    return (pixels - PIXEL_MEAN) / PIXEL_STD
 
 
 class ImageTextTransform:
@@ -104,6 +85,8 @@ class ImageTextDataModule(ShardDataModule):
         cache_dir: where litdata caches chunks of a remote ``data_path`` (litdata's default when ``None``).
     """
 
+    kind = "image_text"
+
     def __init__(
         self,
         data_path: str = "demo:emoji-scenes",
@@ -126,16 +109,7 @@ class ImageTextDataModule(ShardDataModule):
     @property
     def pad_id(self) -> int:
         """The ``<|pad|>`` token id."""
-        return self.tokenizer.token_to_id(tokenizer_lib.PAD_TOKEN)
-
-    def ensure_demo(self, name: str) -> Path:
-        return ensure_demo_image_text(name)
-
-    def demo_tokenizer(self, name: str) -> Path:
-        return image_demo_tokenizer(name)
-
-    def check_local_dir(self, root: Path) -> None:
-        check_image_text_dir(root)
+        return tokenizer_lib.PAD_ID
 
     def open_split(self, url: str, train: bool, **kwargs: Any) -> StreamingDataset:
         transform = ImageTextTransform(self.tokenizer, self.patch_size, self.max_patches, self.max_caption_len)
@@ -150,16 +124,4 @@ class ImageTextDataModule(ShardDataModule):
         root = self.root
         self.check_split_sizes(
             lambda split, dataset, needed: f"The {split} split of {root} has {len(dataset)} pairs, fewer than {needed}"
-        )
-
-
-def check_image_text_dir(root: Path) -> None:
-    """Refuse a local folder that lacks a piece of the prepared layout, naming what is missing."""
-    missing = [f"{s}/index.json" for s in ("train", "val") if not (root / s / "index.json").is_file()]
-    if not root.is_dir():
-        missing = ["the folder itself"]
-    if missing:
-        raise DataError(
-            f"{root} is not a prepared image-text dataset: missing {', '.join(missing)}. "
-            f"Create one with: python data_prep/prepare_image_text.py YOUR_PAIRS --output {root}"
         )

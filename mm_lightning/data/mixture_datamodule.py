@@ -1,6 +1,6 @@
 """The datamodule of the joint stages: named sources mixed on a multimodal-share schedule, packed into rows.
 
-Sample ``i`` of a stage is chosen by :class:`~mm_lightning.data.mixture.MixturePlan` (a pure function of the seed
+Sample ``i`` of a stage is chosen by :class:`~mm_lightning.data.mixture.plan.MixturePlan` (a pure function of the seed
 and ``i``). At global step ``s`` of the stage, rank ``r`` of ``W`` gets samples ``(s * W + r) * samples_per_batch
 + j`` for ``j < samples_per_batch``, so the schedule runs over the stage's samples for any ``W``. Each batch is a
 pure function of its index, streamed by an ``IterableDataset`` whose worker ``w`` of ``n`` builds batches
@@ -19,13 +19,14 @@ from dataclasses import asdict
 from typing import Any
 
 import lightning as L
+import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from mm_lightning.data.demo import is_demo_name
-from mm_lightning.data.mixed_packing import pack_samples
-from mm_lightning.data.mixture import MixturePlan, MixtureSource, ShareSchedule, constant_share
-from mm_lightning.data.mixture_sources import SourceContext, SourceSpec, build_source, source_kind
+from mm_lightning.data.mixture.packing import pack_samples
+from mm_lightning.data.mixture.plan import MixturePlan, MixtureSource, ShareSchedule, constant_share
+from mm_lightning.data.mixture.sources import SourceContext, SourceSpec, build_source, source_kind
+from mm_lightning.demo.corpora import is_demo_name
 from mm_lightning.errors import ConfigError
 
 
@@ -58,10 +59,8 @@ class MixtureBatches(IterableDataset):
         return range(base, base + self.samples_per_batch)
 
     def batch(self, batch: int) -> dict[str, Any]:
-        """Packed batch ``batch`` of this rank (see :func:`~mm_lightning.data.mixed_packing.pack_samples`), plus
+        """Packed batch ``batch`` of this rank (see :func:`~mm_lightning.data.mixture.packing.pack_samples`), plus
         ``sample_index``, ``sample_multimodal`` and ``sample_source`` (position in the source list), each ``[S]``."""
-        import torch
-
         picks = [self.plan.pick(i) for i in self.sample_indices(batch)]
         samples = [self.sources[p.source].sample(p.k) for p in picks]
         labels = [f"sample {p.index} (item {p.k} of source {self.plan.names[p.source]!r})" for p in picks]

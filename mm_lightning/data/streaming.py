@@ -12,21 +12,14 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 from litdata import StreamingDataLoader, StreamingDataset
 from tokenizers import Tokenizer
 
-from mm_lightning.data import tokenizer as tokenizer_lib
-from mm_lightning.data.demo import is_demo_name
-from mm_lightning.errors import ConfigError, DataError
-
-
-def is_remote(path: str) -> bool:
-    """Whether ``path`` is a URL (``s3://``, ``gs://``, ...) that litdata streams from, not a local folder."""
-    return "://" in path
+from mm_lightning.data.location import DataLocation
+from mm_lightning.errors import ConfigError
 
 
 class FirstBatches:
@@ -45,30 +38,22 @@ class FirstBatches:
 class ShardDataModule(L.LightningDataModule):
     """Base of the datamodules that stream ``train/`` and ``val/`` litdata splits.
 
-    Subclasses say how a demo is built (:meth:`ensure_demo`, :meth:`demo_tokenizer`), how a local folder is
-    checked (:meth:`check_local_dir`), how splits are read (:meth:`open_split`) and batched (:meth:`collate_fn`).
+    The path resolves through a :class:`~mm_lightning.data.location.DataLocation` of the subclass's ``kind``;
+    subclasses say how splits are read (:meth:`open_split`) and batched (:meth:`collate_fn`).
     """
+
+    kind: str = "text"
+    """The layout of the prepared data (``DataLocation.kind``)."""
 
     def __init__(self, data_path: str, batch_size: int, num_workers: int, seed: int, val_batches: int | None,
                  tokenizer_path: str | None, cache_dir: str | None) -> None:  # fmt: skip
         super().__init__()
         self.data_path, self.batch_size, self.num_workers = str(data_path), batch_size, num_workers
-        self.seed, self.val_batches, self.tokenizer_path, self.cache_dir = seed, val_batches, tokenizer_path, cache_dir
+        self.seed, self.val_batches = seed, val_batches
+        self.location = DataLocation(self.data_path, self.kind, tokenizer_path, cache_dir)
         self._tokenizer: Tokenizer | None = None
         self.train_dataset: StreamingDataset | None = None
         self.val_dataset: StreamingDataset | None = None
-
-    def ensure_demo(self, name: str) -> Path:
-        """Build (once) and return the demo's prepared folder."""
-        raise NotImplementedError
-
-    def demo_tokenizer(self, name: str) -> Path:
-        """The ``tokenizer.json`` of a demo."""
-        raise NotImplementedError
-
-    def check_local_dir(self, root: Path) -> None:
-        """Raise :class:`DataError` naming what a local prepared folder lacks."""
-        raise NotImplementedError
 
     def open_split(self, url: str, train: bool, **kwargs: Any) -> StreamingDataset:
         """The ``StreamingDataset`` of one split; ``kwargs`` carry shuffling and caching."""
@@ -81,15 +66,13 @@ class ShardDataModule(L.LightningDataModule):
     @property
     def root(self) -> str:
         """The prepared folder or URL (a demo name resolved to its cache folder, built if needed)."""
-        if is_demo_name(self.data_path):
-            return str(self.ensure_demo(self.data_path))
-        return self.data_path.rstrip("/")
+        return self.location.root
 
     @property
     def tokenizer(self) -> Tokenizer:
         """The project tokenizer these shards are tokenized with."""
         if self._tokenizer is None:
-            self._tokenizer = self._load_tokenizer()
+            self._tokenizer = self.location.tokenizer()
         return self._tokenizer
 
     @property
@@ -99,21 +82,17 @@ class ShardDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Build a demo and its tokenizer on first use (once per node); prepared folders need nothing."""
-        if is_demo_name(self.data_path):
-            self.ensure_demo(self.data_path)
-            self.demo_tokenizer(self.data_path)
+        self.location.prepare()
 
     def setup(self, stage: str | None = None) -> None:
         """Open the train (shuffled) and val (in order) streams."""
-        root = self.root
-        if not is_remote(root):
-            self.check_local_dir(Path(root))
-        cache = {"cache_dir": self.cache_dir} if is_remote(root) and self.cache_dir else {}
+        self.location.check()
+        options = self.location.stream_options()
         self.train_dataset = self.open_split(
-            f"{root}/train", train=True, shuffle=True, drop_last=True, seed=self.seed, item_shuffle_window="full",
-            **cache,
+            self.location.split("train"), train=True, shuffle=True, drop_last=True, seed=self.seed,
+            item_shuffle_window="full", **options,
         )  # fmt: skip
-        self.val_dataset = self.open_split(f"{root}/val", train=False, shuffle=False, **cache)
+        self.val_dataset = self.open_split(self.location.split("val"), train=False, shuffle=False, **options)
 
     def check_split_sizes(self, describe: Callable[[str, StreamingDataset, int], str]) -> None:
         """Refuse a val split with no item or a train split smaller than one batch (``describe`` says why)."""
@@ -137,34 +116,3 @@ class ShardDataModule(L.LightningDataModule):
             dataset, batch_size=self.batch_size, num_workers=self.num_workers, drop_last=drop_last,
             collate_fn=self.collate_fn(),
         )  # fmt: skip
-
-    def _load_tokenizer(self) -> Tokenizer:
-        if self.tokenizer_path is not None:
-            return tokenizer_lib.load_tokenizer(self.tokenizer_path)
-        if is_demo_name(self.data_path):
-            return tokenizer_lib.load_tokenizer(self.demo_tokenizer(self.data_path))
-        root = self.root
-        if is_remote(root):
-            return read_remote_tokenizer(f"{root}/tokenizer.json")
-        self.check_local_dir(Path(root))
-        if not (Path(root) / "tokenizer.json").is_file():
-            raise DataError(
-                f"{root} has no tokenizer.json: pass tokenizer_path=<the text stage's tokenizer.json>, or prepare "
-                "the data with --tokenizer"
-            )
-        return tokenizer_lib.load_tokenizer(Path(root) / "tokenizer.json")
-
-
-def read_remote_tokenizer(url: str) -> Tokenizer:
-    """A ``tokenizer.json`` read through fsspec, with a clear error when its backend is missing."""
-    import fsspec
-
-    try:
-        with fsspec.open(url, "r", encoding="utf-8") as f:
-            text = f.read()
-    except (ImportError, ValueError, OSError) as err:
-        raise DataError(
-            f"Could not read {url} ({err}). Install the fsspec backend for this URL (s3fs, gcsfs, adlfs), "
-            "or download tokenizer.json and pass tokenizer_path=..."
-        ) from err
-    return tokenizer_lib.tokenizer_from_str(text, source=url)

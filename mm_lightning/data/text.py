@@ -15,20 +15,16 @@ nothing to checkpoints.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
 from litdata import StreamingDataset, TokensLoader
 from torch import Tensor
 
-from mm_lightning.data import tokenizer as tokenizer_lib
-from mm_lightning.data.demo import ensure_demo_text
-from mm_lightning.data.streaming import ShardDataModule, is_remote
-from mm_lightning.errors import DataError
+from mm_lightning import tokenizer as tokenizer_lib
+from mm_lightning.data.streaming import ShardDataModule
 from mm_lightning.ops.packing import position_ids_from_seq_ids, seq_ids_from_eod
 
 
@@ -71,6 +67,8 @@ class TextDataModule(ShardDataModule):
             ``data_path`` whose filesystem fsspec cannot open here).
     """
 
+    kind = "text"
+
     def __init__(
         self,
         data_path: str = "demo:sotu",
@@ -91,15 +89,6 @@ class TextDataModule(ShardDataModule):
         """The end-of-document token id."""
         return tokenizer_lib.eod_id(self.tokenizer)
 
-    def ensure_demo(self, name: str) -> Path:
-        return ensure_demo_text(name)
-
-    def demo_tokenizer(self, name: str) -> Path:
-        return ensure_demo_text(name) / "tokenizer.json"
-
-    def check_local_dir(self, root: Path) -> None:
-        check_prepared_dir(root)
-
     def open_split(self, url: str, train: bool, **kwargs: Any) -> StreamingDataset:
         return StreamingDataset(url, item_loader=TokensLoader(block_size=self.seq_len + 1), **kwargs)
 
@@ -113,32 +102,7 @@ class TextDataModule(ShardDataModule):
         self.check_split_sizes(
             lambda split, dataset, needed: (
                 f"The {split} split of {root} gives {len(dataset)} blocks of seq_len + 1 = {block} tokens "
-                f"({describe_split(root, split)}; a block never spans two chunks), fewer than the {needed} "
+                f"({self.location.describe_split(split)}; a block never spans two chunks), fewer than the {needed} "
                 f"needed. Lower seq_len, or prepare more data (--val-fraction for val)."
             )
         )
-
-
-def check_prepared_dir(root: Path) -> None:
-    """Refuse a local folder that lacks a piece of the prepared layout, naming what is missing."""
-    pieces = {"tokenizer.json": root / "tokenizer.json", "train/": root / "train", "val/": root / "val"}
-    missing = [name for name, path in pieces.items() if not path.exists()]
-    missing += [
-        f"{s}/index.json" for s in ("train", "val") if (root / s).is_dir() and not (root / s / "index.json").exists()
-    ]
-    if not root.is_dir():
-        missing = ["the folder itself"]
-    if missing:
-        raise DataError(
-            f"{root} is not a prepared text dataset: missing {', '.join(missing)}. "
-            f"Create one with: python data_prep/prepare_text.py YOUR_CORPUS --output {root}"
-        )
-
-
-def describe_split(root: str, split: str) -> str:
-    """``N tokens in M chunks`` for a local split, from its ``index.json``; a placeholder for remote ones."""
-    index = Path(root) / split / "index.json"
-    if is_remote(root) or not index.is_file():
-        return "token count unknown"
-    chunks = json.loads(index.read_text(encoding="utf-8"))["chunks"]
-    return f"{sum(c['dim'] or 0 for c in chunks)} tokens in {len(chunks)} chunk(s)"

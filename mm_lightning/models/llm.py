@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mm_lightning.errors import ConfigError
+from mm_lightning.models.registry import register_backbone, register_preset
 from mm_lightning.ops.attention import attention, prefix_causal_attention
 from mm_lightning.ops.packing import position_ids_from_seq_ids
 from mm_lightning.ops.rope import apply_rope, rope_cos_sin
-from mm_lightning.registry import register_backbone, register_preset
 
 
 @dataclass

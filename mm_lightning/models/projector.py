@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mm_lightning.errors import ConfigError
-from mm_lightning.registry import register_backbone, register_preset
+from mm_lightning.models.registry import register_backbone, register_preset
 
 
 @dataclass

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mm_lightning.errors import ConfigError
+from mm_lightning.models.registry import register_backbone, register_preset
 from mm_lightning.ops.attention import attention
 from mm_lightning.ops.rope import apply_rope, rope_2d_cos_sin
-from mm_lightning.registry import register_backbone, register_preset
 
 
 @dataclass

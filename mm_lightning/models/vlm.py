@@ -14,8 +14,8 @@ from torch import Tensor, nn
 
 from mm_lightning.models.llm import LLM
 from mm_lightning.models.projector import Projector
+from mm_lightning.models.registry import build_backbone
 from mm_lightning.models.vit import ViT, split_grids
-from mm_lightning.registry import build_backbone
 
 
 class VLM(nn.Module):

@@ -14,12 +14,13 @@ import torch
 from torchmetrics import MeanMetric
 
 from mm_lightning.checkpoint import load_backbone
-from mm_lightning.data.multimodal import caption_rows
+from mm_lightning.data.caption_rows import caption_rows
 from mm_lightning.losses import NextTokenLoss
+from mm_lightning.models.registry import build_backbone
 from mm_lightning.optim import OptimizerConfig
-from mm_lightning.registry import build_backbone
 from mm_lightning.schedules import LRSchedule
-from mm_lightning.stages.vision_language import IMAGE_TOKEN_ID, VisionLanguageStage
+from mm_lightning.stages.vision_language import VisionLanguageStage
+from mm_lightning.tokenizer import IMAGE_ID
 
 
 class AlignStage(VisionLanguageStage):
@@ -64,7 +65,7 @@ class AlignStage(VisionLanguageStage):
 
     def caption_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
         """Next-token loss over the captions given the images, and the number of caption targets."""
-        rows = caption_rows(batch, self.projector.num_tokens, IMAGE_TOKEN_ID)
+        rows = caption_rows(batch, self.projector.num_tokens, IMAGE_ID)
         logits = self.vlm(rows["input_ids"], batch["patches"], batch["grid_hw"], batch["seq_ids"],
                           position_ids=rows["position_ids"], seq_ids=rows["seq_ids"])  # fmt: skip
         return self.loss(logits, rows["labels"])["loss"], int((rows["labels"] >= 0).sum())

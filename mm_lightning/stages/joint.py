@@ -29,7 +29,8 @@ from mm_lightning.handoff import HANDOFF_MODES, carry_optimizer_state, check_opt
 from mm_lightning.losses import NextTokenLoss
 from mm_lightning.optim import OptimizerConfig
 from mm_lightning.schedules import LRSchedule
-from mm_lightning.stages.vision_language import IMAGE_TOKEN_ID, VisionLanguageStage
+from mm_lightning.stages.vision_language import VisionLanguageStage
+from mm_lightning.tokenizer import IMAGE_ID
 
 VAL_GROUPS = ("text", "multimodal")
 
@@ -102,7 +103,7 @@ class JointStage(VisionLanguageStage):
             tokens = self.vlm.image_tokens(*(images or self._dummy_image(batch["input_ids"].device)))  # [n, d]
         replace = None
         if tokens is not None:
-            is_image = batch["input_ids"] == IMAGE_TOKEN_ID  # [R, L]; all False on a rank with the dummy image
+            is_image = batch["input_ids"] == IMAGE_ID  # [R, L]; all False on a rank with the dummy image
             if has_images and int(is_image.sum()) != tokens.shape[0]:
                 raise ValueError(f"{int(is_image.sum())} <|image|> positions for {tokens.shape[0]} image tokens")
             # the dummy's tokens enter the LLM too (replacing nothing): their zero gradients then reach the vision

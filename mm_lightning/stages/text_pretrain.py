@@ -9,8 +9,8 @@ import torch
 from torchmetrics import MeanMetric
 
 from mm_lightning.losses import NextTokenLoss
+from mm_lightning.models.registry import build_backbone
 from mm_lightning.optim import OptimizerConfig
-from mm_lightning.registry import build_backbone
 from mm_lightning.schedules import LRSchedule
 from mm_lightning.stages.base import StageModule
 

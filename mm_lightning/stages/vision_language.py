@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from mm_lightning.data.tokenizer import SPECIAL_TOKENS
 from mm_lightning.models.vlm import VLM
 from mm_lightning.stages.base import StageModule
-
-IMAGE_TOKEN_ID = SPECIAL_TOKENS.index("<|image|>")
+from mm_lightning.tokenizer import IMAGE_ID
 
 
 class VisionLanguageStage(StageModule):
@@ -24,4 +22,4 @@ class VisionLanguageStage(StageModule):
     @property
     def vlm(self) -> VLM:
         """The assembled model (a view over this stage's backbones, not a second copy)."""
-        return VLM(self.llm, self.vit, self.projector, IMAGE_TOKEN_ID)
+        return VLM(self.llm, self.vit, self.projector, IMAGE_ID)

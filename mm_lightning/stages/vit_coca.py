@@ -13,10 +13,10 @@ import torch
 import torch.distributed as dist
 from torchmetrics import MeanMetric
 
+from mm_lightning.eval.retrieval import retrieval_recall
 from mm_lightning.losses import CoCaLoss
-from mm_lightning.metrics import retrieval_recall
+from mm_lightning.models.registry import build_backbone
 from mm_lightning.optim import OptimizerConfig
-from mm_lightning.registry import build_backbone
 from mm_lightning.schedules import LRSchedule
 from mm_lightning.stages.base import StageModule
 

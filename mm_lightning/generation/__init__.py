@@ -1,0 +1,1 @@
+"""Text generation: KV-cache decoding (``decode``, no Lightning) and the ``mm-lightning generate`` command (``cli``)."""

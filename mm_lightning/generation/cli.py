@@ -1,0 +1,78 @@
+"""``mm-lightning generate``: text from a stage checkpoint, optionally conditioned on an image.
+
+    mm-lightning generate --ckpt runs/align_tiny/checkpoints/last.ckpt --image scene.png
+    mm-lightning generate --ckpt runs/text_pretrain_tiny/checkpoints/last.ckpt --prompt "Fellow citizens"
+
+The backbones are rebuilt from the configurations the checkpoint recorded (``weights_only`` loading). With
+``--image``, the prompt starts with the image's merged tokens, as the alignment stage trains captioning.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from mm_lightning import tokenizer as tokenizer_lib
+from mm_lightning.checkpoint import load_backbone
+from mm_lightning.demo import demo_tokenizer
+from mm_lightning.generation.decode import generate
+from mm_lightning.media.images import decode_image
+from mm_lightning.models.vlm import VLM, expand_image_placeholders
+from mm_lightning.ops.patches import image_to_patches, pack_patches
+from mm_lightning.tokenizer import IMAGE_ID, IMAGE_SPAN
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="mm-lightning generate", description=__doc__.split("\n")[0])
+    parser.add_argument("--ckpt", required=True, help="a stage checkpoint (.ckpt)")
+    parser.add_argument("--image", help="an image file; needs a checkpoint with vit and projector (alignment on)")
+    parser.add_argument("--prompt", default="", help="text after the image (or alone)")
+    parser.add_argument("--tokenizer", help="tokenizer.json (default: the demo corpus tokenizer)")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int)
+    parser.add_argument("--top-p", type=float)
+    parser.add_argument("--sample", action="store_true", help="sample (top-k/top-p) instead of greedy decoding")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def prompt_embeddings(args: argparse.Namespace, tokenizer) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The LLM and the prompt's input embeddings ``[1, T, d]`` (image tokens first when an image is given)."""
+    llm = load_backbone(args.ckpt, "llm").eval()
+    text_ids = tokenizer_lib.encode(tokenizer, args.prompt) if args.prompt else []
+    if args.image is None:
+        if not text_ids:
+            text_ids = [tokenizer_lib.eod_id(tokenizer)]  # an empty prompt starts a new document
+        return llm, llm.embed(torch.tensor([text_ids]))
+    vit, projector = load_backbone(args.ckpt, "vit").eval(), load_backbone(args.ckpt, "projector").eval()
+    image = decode_image(Path(args.image).read_bytes())
+    patches, grid = image_to_patches(image, vit.config.patch_size, vit.config.max_patches)
+    packed = pack_patches([patches], [grid])
+    # the image span the alignment and joint stages train on
+    ids = expand_image_placeholders([*IMAGE_SPAN, *text_ids], [projector.num_tokens(*grid)], IMAGE_ID)
+    vlm = VLM(llm, vit, projector, IMAGE_ID)
+    return llm, vlm.embed(torch.tensor([ids]), packed["patches"], packed["grid_hw"], packed["seq_ids"])
+
+
+def run(argv: list[str]) -> str:
+    """Generate and return the decoded continuation."""
+    args = parse_args(argv)
+    tokenizer_path = args.tokenizer or demo_tokenizer()
+    tokenizer = tokenizer_lib.load_tokenizer(tokenizer_path)
+    with torch.no_grad():
+        llm, embeds = prompt_embeddings(args, tokenizer)
+        new_tokens = generate(
+            llm, inputs_embeds=embeds, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+            top_k=args.top_k, top_p=args.top_p, greedy=not args.sample, eos_id=tokenizer_lib.eod_id(tokenizer),
+            generator=torch.Generator().manual_seed(args.seed),
+        )  # fmt: skip
+    ids = [t for t in new_tokens[0].tolist() if t != tokenizer_lib.eod_id(tokenizer)]
+    return tokenizer_lib.decode(tokenizer, ids)
+
+
+def main(argv: list[str]) -> None:
+    """Print the generated text; errors propagate to :func:`~mm_lightning.errors.run_command`."""
+    print(run(argv))
