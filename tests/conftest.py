@@ -19,7 +19,7 @@ def mm_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def demo_sotu(mm_cache: Path) -> Path:
     """The ``demo:sotu`` shards, built once into ``mm_cache`` (so ``TextDataModule("demo:sotu")`` finds them)."""
-    from mm_lightning.data.demo import ensure_demo_text
+    from mm_lightning.demo.corpora import ensure_demo_text
 
     return ensure_demo_text("demo:sotu")
 
@@ -27,6 +27,6 @@ def demo_sotu(mm_cache: Path) -> Path:
 @pytest.fixture(scope="session")
 def demo_emoji(mm_cache: Path) -> Path:
     """The ``demo:emoji-scenes`` shards, generated once into ``mm_cache`` (for ``ImageTextDataModule``)."""
-    from mm_lightning.data.demo import ensure_demo_image_text
+    from mm_lightning.demo.corpora import ensure_demo_image_text
 
     return ensure_demo_image_text("demo:emoji-scenes")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mm_lightning.cli import CLI_CLASSES, ParseOnlyCLI, build_cli
-from mm_lightning.pipeline_config import compose_stage_config, load_pipeline
+from mm_lightning.fit import CLI_CLASSES, ParseOnlyCLI, build_cli
+from mm_lightning.pipeline.spec import compose_stage_config, load_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -41,10 +41,18 @@ def test_every_stage_of_a_pipeline_composes_and_parses(path, tmp_path, monkeypat
         assert cli.config["fit"]["trainer"]["logger"]["init_args"]["save_dir"] == str(tmp_path), stage.name
 
 
+# what the stage configs leave to StageCheckpoint's defaults: step<global step>.ckpt files, all kept, and last.ckpt
+CHECKPOINT_POLICY = {"filename": "step{step}", "auto_insert_metric_name": False, "save_top_k": -1, "save_last": True}
+
+
 @pytest.mark.parametrize("path", STAGE_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))
-def test_stage_config_parses(path):
-    cli = parse(path)
-    assert cli.config["fit"]["model"]["class_path"].startswith("mm_lightning.stages.")
+def test_stage_config_parses_with_the_checkpoint_policy(path):
+    config = parse(path).config["fit"]
+    assert config["model"]["class_path"].startswith("mm_lightning.stages.")
+    callbacks = config["trainer"]["callbacks"]
+    (checkpoint,) = [item for item in callbacks if item["class_path"] == "mm_lightning.callbacks.StageCheckpoint"]
+    assert {key: checkpoint["init_args"][key] for key in CHECKPOINT_POLICY} == CHECKPOINT_POLICY
+    assert checkpoint["init_args"]["every_n_train_steps"] > 0
 
 
 @pytest.mark.parametrize("path", OVERLAYS, ids=lambda p: str(p.relative_to(CONFIGS)))

@@ -10,8 +10,11 @@ import torch
 import yaml
 
 from mm_lightning.checkpoint import META_KEY
+from mm_lightning.cli import main
 from mm_lightning.errors import ConfigError
-from mm_lightning.pipeline_config import (
+from mm_lightning.pipeline.manifest import Manifest
+from mm_lightning.pipeline.plan import newest_checkpoint, plan_pipeline
+from mm_lightning.pipeline.spec import (
     compose_stage_config,
     get_at,
     load_pipeline,
@@ -19,10 +22,8 @@ from mm_lightning.pipeline_config import (
     set_at,
     stage_paths,
 )
-from mm_lightning.pipeline_manifest import Manifest
-from mm_lightning.pipeline_plan import newest_checkpoint, plan_pipeline
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STAGE_CONFIG = {
     "trainer": {
         "max_steps": 10,
@@ -256,8 +257,6 @@ def test_file_wide_and_command_line_overrides_reach_every_stage_and_runtime_keys
 def test_the_command_reports_mistakes_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mm_lightning.pipeline_cli import main
-
     path = write_pipeline(tmp_path, recipe_stages())
     for argv, message in [
         (["--config", str(tmp_path / "missing.yaml")], "missing.yaml does not exist"),
@@ -265,15 +264,17 @@ def test_the_command_reports_mistakes_in_one_line(
         (["--config", str(path), "--set", "trainer.max_steps"], "--set takes KEY=VALUE"),
     ]:
         with pytest.raises(SystemExit) as stop:
-            main(argv)
+            main(["pipeline", *argv])
         assert stop.value.code == 2
         assert message in capsys.readouterr().err
     demo = ROOT / "configs" / "pipelines" / "demo.yaml"
     monkeypatch.chdir(ROOT)
     with pytest.raises(SystemExit) as stop:  # a typo in a key is caught before any stage runs
-        main(["--config", str(demo), "--run-dir", str(tmp_path / "demo"), "--set", "trainer.max_stepz=3"])
+        main(["pipeline", "--config", str(demo), "--run-dir", str(tmp_path / "demo"), "--set", "trainer.max_stepz=3"])
     assert stop.value.code == 2
     assert "stage 'text': the composed config does not parse" in capsys.readouterr().err
-    main(["--config", str(demo), "--run-dir", str(tmp_path / "demo"), "--dry-run"])
+    with pytest.raises(SystemExit) as stop:
+        main(["pipeline", "--config", str(demo), "--run-dir", str(tmp_path / "demo"), "--dry-run"])
+    assert stop.value.code == 0
     assert "stage 4/6 joint: joint pre-training (recipe stage 3)" in capsys.readouterr().out
     assert not (tmp_path / "demo").exists()  # a dry run writes nothing

@@ -7,7 +7,7 @@ from torch import nn
 from mm_lightning import build_backbone, get_preset, list_backbones, register_backbone, register_preset
 from mm_lightning.errors import ConfigError
 from mm_lightning.models import LLM, LLMConfig
-from mm_lightning.registry import resolve_config
+from mm_lightning.models.registry import resolve_config
 
 
 def test_every_registered_preset_builds():

@@ -1,8 +1,8 @@
-"""Run by ``test_stage_joint.py`` in a subprocess: JointStage under FSDP2 on 2 CPU processes (gloo).
+"""Run by ``tests/stages/test_stage_joint.py`` in a subprocess: JointStage under FSDP2 on 2 CPU processes (gloo).
 
 With one sample per rank and step at a 30% multimodal share, some steps give one rank an image and the other
 none (that rank must still join the vision tower's collectives), and some give neither rank one.
-Usage: ``python joint_fsdp_script.py TEXT_CKPT ALIGN_CKPT OUT_DIR``.
+Usage: ``PYTHONPATH=tests python tests/helpers/joint_fsdp_script.py TEXT_CKPT ALIGN_CKPT OUT_DIR``.
 """
 
 import sys
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 from lightning.pytorch.strategies import ModelParallelStrategy
-from test_stage_joint import mixture  # registers the pattern sources
 
+from helpers.pattern_sources import mixture  # registers the pattern sources
 from mm_lightning.stages import JointStage
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from mm_lightning.data import TextDataModule
-from mm_lightning.data import demo as demo_lib
-from mm_lightning.data.text_prep import prepare_text_shards
+from mm_lightning.demo import corpora as demo_lib
+from mm_lightning.prep.text import prepare_text_shards
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_incomplete_data_path_names_the_missing_piece(prepared: Path, tmp_path: 
             (broken / name).parent.mkdir(parents=True, exist_ok=True)
             target = prepared / name
             (broken / name).symlink_to(target, target_is_directory=target.is_dir())
-    with pytest.raises(FileNotFoundError, match=f"missing {missing}.*prepare_text.py"):
+    with pytest.raises(FileNotFoundError, match=f"missing {missing}.*mm-lightning prepare text"):
         TextDataModule(str(broken)).setup("fit")
 
 
@@ -112,7 +112,7 @@ def test_interrupted_demo_build_leaves_no_cache(tmp_path: Path, monkeypatch: pyt
         (Path(args[1]) / "train").mkdir(parents=True)  # the real prep creates its output folder
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("mm_lightning.data.text_prep.prepare_text_shards", interrupted)
+    monkeypatch.setattr("mm_lightning.demo.corpora.prepare_text_shards", interrupted)
     with pytest.raises(KeyboardInterrupt):
         demo_lib.ensure_demo_text("demo:sotu")
     assert list((tmp_path / "demo").iterdir()) == []
@@ -135,8 +135,8 @@ def test_demo_sotu_builds_into_the_cache(demo_sotu: Path, mm_cache: Path) -> Non
 
 
 def test_captions_demo_shares_the_sotu_tokenizer_and_holds_no_val_captions(demo_sotu: Path) -> None:
-    from mm_lightning.data.demo import DEMO_IMAGE_TEXTS, DEMO_TEXTS, ensure_demo_text
-    from mm_lightning.data.emoji_scenes import SceneConfig, generate_scene
+    from mm_lightning.demo.corpora import DEMO_IMAGE_TEXTS, DEMO_TEXTS, ensure_demo_text
+    from mm_lightning.demo.emoji_scenes import SceneConfig, generate_scene
 
     root = ensure_demo_text("demo:sotu-captions")
     assert (root / "tokenizer.json").read_bytes() == (demo_sotu / "tokenizer.json").read_bytes()

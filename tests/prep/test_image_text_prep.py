@@ -16,9 +16,9 @@ import pytest
 from litdata import StreamingDataset
 from PIL import Image
 
-from mm_lightning.data.image_prep import ImagePrepError, prepare_image_text_shards
+from mm_lightning.prep.image_text import ImagePrepError, prepare_image_text_shards
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def make_image(width: int, height: int, fmt: str, seed: int) -> bytes:
@@ -164,7 +164,7 @@ def test_cli_strict_fails_cleanly(tmp_path: Path) -> None:
     script = REPO / "data_prep" / "prepare_image_text.py"
     command = [sys.executable, str(script), str(tmp_path / "raw"), "-o", str(tmp_path / "out"), "--quiet"]
     result = subprocess.run([*command, "--strict"], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "--strict" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("prepare_image_text.py: error: ") and "--strict" in lines[0]
     assert not (tmp_path / "out").exists()

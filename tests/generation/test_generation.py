@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mm_lightning import build_backbone
-from mm_lightning.generation import generate, sample_next_token, top_k_filter, top_p_filter
+from mm_lightning.generation.decode import generate, sample_next_token, top_k_filter, top_p_filter
 from mm_lightning.ops.attention import attention, prefix_causal_attention
 
 VOCAB = 97

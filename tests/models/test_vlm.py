@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mm_lightning import build_backbone
-from mm_lightning.data.multimodal import mask_image_targets
+from mm_lightning.data.caption_rows import mask_image_targets
 from mm_lightning.models.vlm import VLM, expand_image_placeholders
 from mm_lightning.ops.patches import image_to_patches, pack_patches
 

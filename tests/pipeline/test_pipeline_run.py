@@ -21,7 +21,7 @@ import yaml
 
 from mm_lightning.checkpoint import load_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "configs" / "pipelines" / "demo.yaml"
 SHORT = {  # a few steps each, small validations, no loader workers: the plumbing, not the learning
     "text": {"trainer.max_steps": 4, "trainer.limit_val_batches": 2},
@@ -43,7 +43,7 @@ EVERY_STAGE = {
     "data.init_args.num_workers": 0,
 }
 WARMUPS = {"model.init_args.schedule.warmup_steps": 1, "model.init_args.schedule.decay_steps": 1}
-KILL = {"class_path": "pipeline_kill.KillPipelineAtStep", "init_args": {"step": 3}}
+KILL = {"class_path": "helpers.pipeline_kill.KillPipelineAtStep", "init_args": {"step": 3}}
 
 
 def short_demo_pipeline(folder: Path) -> Path:

@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from mm_lightning.data.mixed_packing import mixture_stats, pack_samples, tokens_per_image
-from mm_lightning.data.mixture import (
+from mm_lightning.data.mixture.packing import mixture_stats, pack_samples, tokens_per_image
+from mm_lightning.data.mixture.plan import (
     MixSample,
     MixturePlan,
     ShareSchedule,
@@ -25,19 +25,16 @@ from mm_lightning.data.mixture import (
     permute_index,
     scheduled_share,
 )
-from mm_lightning.data.mixture_datamodule import MixtureDataModule
-from mm_lightning.data.mixture_sources import (
-    IMAGE_END_ID,
-    IMAGE_ID,
-    IMAGE_START_ID,
-    PAD_ID,
+from mm_lightning.data.mixture.sources import (
     SourceContext,
     SourceSpec,
     register_source,
     source_kind,
 )
+from mm_lightning.data.mixture_datamodule import MixtureDataModule
 from mm_lightning.errors import ConfigError
 from mm_lightning.losses.next_token import IGNORE_INDEX
+from mm_lightning.tokenizer import IMAGE_END_ID, IMAGE_ID, IMAGE_START_ID, PAD_ID
 
 PATCH = 2  # patch side of the fake images: 12 features per patch
 
@@ -373,9 +370,9 @@ def test_share_outside_unit_interval_is_refused() -> None:
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny text shards (with their tokenizer) and image-caption shards tokenized with it."""
-    from mm_lightning.data.emoji_scenes import SceneConfig, generate_scene, render_scene
-    from mm_lightning.data.image_prep import prepare_image_text_shards
-    from mm_lightning.data.text_prep import prepare_text_shards
+    from mm_lightning.demo.emoji_scenes import SceneConfig, generate_scene, render_scene
+    from mm_lightning.prep.image_text import prepare_image_text_shards
+    from mm_lightning.prep.text import prepare_text_shards
 
     root = tmp_path_factory.mktemp("mixture_data")
     rng = random.Random(0)

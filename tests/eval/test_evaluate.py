@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 
 from mm_lightning.checkpoint import load_backbone
 from mm_lightning.data.text import TextDataModule
-from mm_lightning.evaluate_cli import heldout_perplexity
+from mm_lightning.eval.perplexity import heldout_perplexity
 from mm_lightning.stages import TextPretrainStage
 
 MICRO = {"n_layers": 1, "d_model": 32, "n_heads": 2, "n_kv_heads": 1, "ffn_hidden": 64, "vocab_size": 8192}

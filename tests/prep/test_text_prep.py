@@ -19,10 +19,10 @@ import pytest
 import torch
 from litdata import StreamingDataset, TokensLoader
 
-from mm_lightning.data import tokenizer as tokenizer_lib
-from mm_lightning.data.text_prep import TextPrepError, prepare_text_shards
+from mm_lightning import tokenizer as tokenizer_lib
+from mm_lightning.prep.text import TextPrepError, prepare_text_shards
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 WORDS = "the of state union congress year nation peace war law people trade ¿qué? naïve 東京 🙂 tab\t new\nline".split(
     " "
 )
@@ -212,7 +212,7 @@ def test_cli_summary_and_missing_path(tmp_path: Path, capsys: pytest.CaptureFixt
     )
     out = capsys.readouterr().out
     assert "Prepared 10 documents" in out and "val" in out
-    assert cli.main([str(tmp_path / "nope"), "-o", str(tmp_path / "out2")]) == 1
+    assert cli.main([str(tmp_path / "nope"), "-o", str(tmp_path / "out2")]) == 2
     assert str(tmp_path / "nope") in capsys.readouterr().err
 
 
@@ -244,7 +244,7 @@ def test_prepared_output_is_not_overwritten_by_accident(tmp_path: Path) -> None:
 
 def test_fetch_script_reproduces_the_committed_demo_corpus() -> None:
     fetch = load_script("fetch_sotu_demo")
-    committed = (REPO / "mm_lightning" / "data" / "demo_data" / "sotu" / "sotu.jsonl.gz").read_bytes()
+    committed = (REPO / "mm_lightning" / "demo" / "assets" / "sotu" / "sotu.jsonl.gz").read_bytes()
     payload = gzip.decompress(committed)
     records = [json.loads(line) for line in payload.decode("utf-8").splitlines()]
     assert len(records) == 233

@@ -8,7 +8,7 @@ import pytest
 from matplotlib.image import imread
 from torch.utils.tensorboard import SummaryWriter
 
-from mm_lightning.report import format_duration, format_summary, stage_offsets, to_pipeline_steps, write_report
+from mm_lightning.pipeline.report import format_duration, format_summary, stage_offsets, to_pipeline_steps, write_report
 
 
 def write_events(log_dir: Path, scalars: dict[str, dict[int, float]]) -> str:

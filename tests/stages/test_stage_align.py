@@ -5,8 +5,8 @@ import sys
 
 import lightning.pytorch as pl
 import torch
+from helpers.colour_task import COCA, VIT, ColourData
 from PIL import Image
-from test_stage_vit import COCA, VIT, ColourData
 
 from mm_lightning.data.synthetic import SyntheticTextDataModule
 from mm_lightning.schedules import LRSchedule
@@ -58,7 +58,7 @@ def test_alignment_trains_vit_and_projector_through_a_frozen_llm(tmp_path):
 
 def _tiny_tokenizer(tmp_path):
     """A small byte-level tokenizer (the micro LLM's 32 ids decode to its special tokens and first bytes)."""
-    from mm_lightning.data.tokenizer import train_bpe_tokenizer
+    from mm_lightning.tokenizer import train_bpe_tokenizer
 
     path = tmp_path / "tokenizer.json"
     train_bpe_tokenizer(["a red square", "a blue square"] * 8, vocab_size=300, out_path=path)

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mm_lightning.data.interleave import IMAGE_SPAN, pack_blobs, unpack_blobs
-from mm_lightning.data.tokenizer import train_bpe_tokenizer
-from mm_lightning.data.video import FrameSampling, MissingExtraError, build_video_sample, sample_indices, sample_times
+from mm_lightning.media.interleave import pack_blobs, unpack_blobs
+from mm_lightning.media.video import FrameSampling, MissingExtraError, build_video_sample, sample_indices, sample_times
+from mm_lightning.tokenizer import IMAGE_SPAN, train_bpe_tokenizer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def test_video_sample_caps_patches_per_frame_and_lays_out_tokens(tok):
 
 def test_decode_video_written_with_pyav(tmp_path):
     pytest.importorskip("av")
-    from mm_lightning.data.video import VideoDecodeError, decode_video
+    from mm_lightning.media.video import VideoDecodeError, decode_video
 
     path = write_video(tmp_path / "clip.mp4", frames=20, rate=10)  # 2 s
     frames, stamps = decode_video(path, FrameSampling(fps=2, max_frames=64))
@@ -121,8 +121,8 @@ def test_decode_video_written_with_pyav(tmp_path):
 
 
 def test_missing_extras_name_the_extra(monkeypatch):
-    from mm_lightning.data.documents import import_pdfium
-    from mm_lightning.data.video import import_av
+    from mm_lightning.media.documents import import_pdfium
+    from mm_lightning.media.video import import_av
 
     monkeypatch.setitem(sys.modules, "av", None)
     monkeypatch.setitem(sys.modules, "pypdfium2", None)
@@ -134,7 +134,7 @@ def test_missing_extras_name_the_extra(monkeypatch):
 
 def test_pdf_pages_render_with_their_text(tmp_path, tok):
     pytest.importorskip("pypdfium2")
-    from mm_lightning.data.documents import DocumentDecodeError, build_document_sample, render_pdf
+    from mm_lightning.media.documents import DocumentDecodeError, build_document_sample, render_pdf
 
     path = write_text_pdf(tmp_path / "doc.pdf", ["first page", "second page", "third page"])
     pages = render_pdf(path, dpi=144, max_pages=2)
@@ -175,15 +175,17 @@ def test_prepare_video_skips_and_counts_bad_clips(tmp_path, capsys):
     assert f"{videos / 'captions.jsonl'}:3 (corrupt.mp4): undecodable or corrupt video" in err
     record = StreamingDataset(str(out / "train"))[0]
     assert len(unpack_blobs(record["frames"])) == 2 and json.loads(record["timestamps"]) == [0.75, 2.25]
-    assert main([str(videos), "-o", str(tmp_path / "strict"), "--strict", "--quiet", "--num-workers", "1"]) == 1
+    assert main([str(videos), "-o", str(tmp_path / "strict"), "--strict", "--quiet", "--num-workers", "1"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "corrupt.mp4" in err and "--strict" in err and "\n" not in err
+    assert (
+        err.startswith("prepare_video.py: error: ") and "corrupt.mp4" in err and "--strict" in err and "\n" not in err
+    )
     assert not (tmp_path / "strict").exists()
 
 
 def test_prepare_docs_skips_corrupt_pdfs_and_refuses_empty_input(tmp_path, capsys):
     pytest.importorskip("pypdfium2")
-    from mm_lightning.data.long_sources import open_long_source
+    from mm_lightning.data.mixture.long_sources import open_long_source
 
     pdfs = tmp_path / "pdfs"
     pdfs.mkdir()
@@ -197,14 +199,14 @@ def test_prepare_docs_skips_corrupt_pdfs_and_refuses_empty_input(tmp_path, capsy
     assert "broken.pdf: unreadable or corrupt PDF" in capsys.readouterr().err
     source = open_long_source(str(out), train_bpe_tokenizer(["one page more"], 270), "train")
     assert len(source) == 1 and len(source.sample(0).images) == 2
-    assert main([str(pdfs), "-o", str(out), "--quiet", "--num-workers", "1"]) == 1  # occupied output
+    assert main([str(pdfs), "-o", str(out), "--quiet", "--num-workers", "1"]) == 2  # occupied output
     assert "--overwrite" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert main([str(empty), "-o", str(tmp_path / "x"), "--quiet"]) == 1
-    assert capsys.readouterr().err.strip() == f"error: No .pdf files found in: {empty}"
+    assert main([str(empty), "-o", str(tmp_path / "x"), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == f"prepare_docs.py: error: No .pdf files found in: {empty}"
     (empty / "bad.pdf").write_bytes(b"nope")
-    assert main([str(empty), "-o", str(tmp_path / "x"), "--quiet", "--num-workers", "1"]) == 1
+    assert main([str(empty), "-o", str(tmp_path / "x"), "--quiet", "--num-workers", "1"]) == 2
     assert "no usable documents" in capsys.readouterr().err
 
 
@@ -212,8 +214,8 @@ def test_prepare_docs_skips_corrupt_pdfs_and_refuses_empty_input(tmp_path, capsy
 
 
 def test_motion_clips_are_deterministic_and_captions_describe_the_motion():
-    from mm_lightning.data.emoji_scenes import SceneConfig, emoji_name
-    from mm_lightning.data.long_demo import LONG_DEMOS, PLACE_NAMES, generate_motion_clip, render_motion_frames
+    from mm_lightning.demo.emoji_scenes import SceneConfig, emoji_name
+    from mm_lightning.demo.long import LONG_DEMOS, PLACE_NAMES, generate_motion_clip, render_motion_frames
 
     config, demo = SceneConfig(), LONG_DEMOS["motion-clips-long"]
     clip = generate_motion_clip(config, "train", 3, demo)
@@ -232,8 +234,8 @@ def test_motion_clips_are_deterministic_and_captions_describe_the_motion():
 
 
 def test_long_demos_build_into_the_cache_and_read_as_samples(tmp_path, monkeypatch, tok):
-    from mm_lightning.data import long_demo
-    from mm_lightning.data.long_sources import open_long_source
+    from mm_lightning.data.mixture.long_sources import open_long_source
+    from mm_lightning.demo import long as long_demo
 
     monkeypatch.setenv("MM_LIGHTNING_CACHE", str(tmp_path))
     tiny = {name: long_demo.LongDemo(**{**demo.__dict__, "train": 3, "val": 2, "max_pages": 2})
@@ -264,7 +266,7 @@ def test_pack_blobs_round_trip():
 
 def test_long_sources_mix_and_pack_in_the_joint_stages_datamodule(demo_sotu):
     """Clips (frames as consecutive image spans), interleaved documents and whole addresses, through the mixture."""
-    from mm_lightning.data.mixed_packing import tokens_per_image
+    from mm_lightning.data.mixture.packing import tokens_per_image
     from mm_lightning.data.mixture_datamodule import MixtureDataModule
 
     sources = [

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from mm_lightning import tokenizer as tokenizer_lib
 from mm_lightning.data import ImageTextDataModule
-from mm_lightning.data import tokenizer as tokenizer_lib
-from mm_lightning.data.emoji_scenes import (
+from mm_lightning.data.image_text import collate_image_text
+from mm_lightning.demo.emoji_scenes import (
     PALETTE,
     SceneConfig,
     emoji_name,
@@ -19,9 +20,8 @@ from mm_lightning.data.emoji_scenes import (
     render_scene,
     vocabulary,
 )
-from mm_lightning.data.image_prep import prepare_image_text_shards
-from mm_lightning.data.image_text import collate_image_text
 from mm_lightning.errors import DataError
+from mm_lightning.prep.image_text import prepare_image_text_shards
 
 CONFIG = SceneConfig(vocab_size=16)
 

@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from mm_lightning.checkpoint import load_checkpoint
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "text_pretrain" / "tiny.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "text_pretrain" / "tiny.yaml"
 
 
 @pytest.mark.slow

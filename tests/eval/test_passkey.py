@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mm_lightning.data.passkey import (
+from mm_lightning.eval.passkey import (
     FILLER,
     INTRO,
     NEEDLE,
@@ -17,7 +17,7 @@ from mm_lightning.data.passkey import (
     passkey_metrics,
     video_passkey_accuracy,
 )
-from mm_lightning.data.tokenizer import decode, train_bpe_tokenizer
+from mm_lightning.tokenizer import decode, train_bpe_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_prompts_are_seeded_and_too_short_lengths_refused(tok):
 
 
 def test_passkey_accuracy_on_the_tiny_llm(tok):
-    from mm_lightning.registry import build_backbone
+    from mm_lightning.models.registry import build_backbone
 
     torch.manual_seed(0)
     llm = build_backbone("llm", "tiny", n_layers=1)

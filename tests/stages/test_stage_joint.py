@@ -1,5 +1,6 @@
 """Stages 3-5 (JointStage) on micro checkpoints: hand-off modes, mixed and text-only batches, RoPE switch."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -7,60 +8,25 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from test_stage_vit import COCA, VIT, ColourData
+from helpers.colour_task import COCA, VIT, ColourData
+from helpers.pattern_sources import mixture
 
 from mm_lightning.callbacks import LRSchedulerResume, ProgressiveMixing, RoPEBaseSwitch
 from mm_lightning.checkpoint import load_checkpoint
-from mm_lightning.data.mixture import MixSample, epoch_item
+from mm_lightning.data.mixture.plan import epoch_item
+from mm_lightning.data.mixture.sources import register_source, source_kind
 from mm_lightning.data.mixture_datamodule import MixtureDataModule
-from mm_lightning.data.mixture_sources import IMAGE_END_ID, IMAGE_ID, IMAGE_START_ID, register_source, source_kind
 from mm_lightning.data.synthetic import SyntheticTextDataModule
 from mm_lightning.errors import ConfigError
 from mm_lightning.handoff import carry_optimizer_state
+from mm_lightning.media.interleave import MixSample
 from mm_lightning.optim import OptimizerConfig, build_optimizer
 from mm_lightning.schedules import LRSchedule, lr_at_table
 from mm_lightning.stages import AlignStage, JointStage, TextPretrainStage, ViTCoCaStage
+from mm_lightning.tokenizer import IMAGE_END_ID, IMAGE_ID, IMAGE_START_ID
 
 LLM = {"n_layers": 2, "d_model": 64, "n_heads": 4, "n_kv_heads": 2, "ffn_hidden": 128, "vocab_size": 64}
 STAGE1 = LRSchedule(peak_lr=3e-3, min_lr=3e-4, warmup_steps=2, total_steps=100, decay_steps=20)  # stable at the end
-
-
-class PatternSource:
-    """Micro samples: text tokens 5..63, or a small image (8-pixel patches, like ``VIT``) and a caption."""
-
-    def __init__(self, name: str, multimodal: bool) -> None:
-        self.name, self.multimodal = name, multimodal
-
-    def __len__(self) -> int:
-        return 29
-
-    def sample(self, k: int) -> MixSample:
-        item = epoch_item(k, 29, 0, self.name)
-        text = [5 + (item * 7 + j) % 59 for j in range(6 + item % 5)]
-        if not self.multimodal:
-            return MixSample(text + [0], source=self.name)
-        grid = (1 + item % 2, 1 + item % 3)
-        patches = torch.rand(grid[0] * grid[1], 3 * 8 * 8, generator=torch.Generator().manual_seed(item))
-        ids = [IMAGE_START_ID, IMAGE_ID, IMAGE_END_ID, *text, 0]
-        return MixSample(ids, [(patches, grid)], [False] * 3 + [True] * (len(text) + 1), self.name)
-
-
-for _kind, _flag in (("pattern_text", False), ("pattern_image", True)):
-    try:
-        source_kind(_kind)
-    except ConfigError:
-        register_source(_kind, multimodal=_flag)(lambda spec, ctx, _f=_flag: PatternSource(spec.name, _f))
-
-SOURCES = [
-    {"name": "prose", "kind": "pattern_text", "path": "-"},
-    {"name": "pics", "kind": "pattern_image", "path": "-"},
-]
-
-
-def mixture(share: float | None = None, **kwargs) -> MixtureDataModule:
-    share_schedule = None if share is None else {"start": share, "end": share, "ramp_samples": 1, "shape": "constant"}
-    options = dict(seq_len=48, samples_per_batch=4, patch_size=8, max_patches=32, seed=0, val_batches=1)
-    return MixtureDataModule(SOURCES, share_schedule, **{**options, **kwargs})
 
 
 class LRRecorder(pl.Callback):
@@ -162,9 +128,11 @@ def test_long_context_loads_the_cooldown_checkpoint_with_the_new_base(chain, tmp
 
 @pytest.mark.slow
 def test_fsdp2_ranks_with_and_without_images_do_not_hang(chain, tmp_path):
-    script = Path(__file__).parent / "joint_fsdp_script.py"
+    tests = Path(__file__).resolve().parents[1]  # on the path, so the script imports ``helpers``
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")])}
+    script = tests / "helpers" / "joint_fsdp_script.py"
     cmd = [sys.executable, str(script), str(chain["text"]), str(chain["align"]), str(tmp_path)]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent)
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     ranks = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
     steps = list(zip(*ranks))

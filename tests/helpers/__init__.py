@@ -1,0 +1,1 @@
+"""Test helpers: shared micro tasks and the scripts and callbacks that tests launch in subprocesses."""
