@@ -1,5 +1,7 @@
 """Callbacks that own the recipe's knobs, checkpoint naming, and monitoring."""
 
+from mm_lightning.callbacks.caption_checks import CaptionChecks
+from mm_lightning.callbacks.emoji_probe import EmojiIdentityProbe
 from mm_lightning.callbacks.lr_schedule import LRSchedulerResume, ReWarmup
 from mm_lightning.callbacks.mixing import ProgressiveMixing
 from mm_lightning.callbacks.passkey import PasskeyEvaluation
@@ -8,6 +10,8 @@ from mm_lightning.callbacks.stage_checkpoint import StageCheckpoint
 from mm_lightning.callbacks.throughput import TokenThroughputMonitor
 
 __all__ = [
+    "CaptionChecks",
+    "EmojiIdentityProbe",
     "LRSchedulerResume",
     "PasskeyEvaluation",
     "ProgressiveMixing",

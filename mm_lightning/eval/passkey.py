@@ -2,20 +2,29 @@
 
 A random number hides at a chosen depth in long, repetitive filler text, and the prompt ends by asking for it::
 
-    There is an important piece of information hidden inside a lot of irrelevant text. Find it and memorize it.
-    The grass is green. The sky is blue. ... The pass key is 48213. Remember it. 48213 is the pass key. ...
-    The sun is yellow. Here we go. What is the pass key? The pass key is
+    A locker number is written once in the notes below, between many lines that do not matter. Find it and
+    keep it in mind. The tide came in. Gulls circled over the pier. ... The map is in locker 48213. Locker
+    48213 holds the map. ... Fog rolled over the harbour. Which locker holds the map? The map is in locker
 
-The model passes when its greedy continuation starts with the number. :func:`build_passkey_prompt` builds a prompt
-of exactly ``length`` tokens (the filler's last sentence is cut to fit) with the needle at a sentence boundary
-near ``depth`` (0 = start of the filler, 1 = end); :func:`passkey_accuracy` scores a model at several lengths
-and depths. The video variant (:func:`build_video_passkey`) hides a frame showing a number in a long demo clip of
-emoji in motion and asks for the number after the last frame; :func:`video_passkey_accuracy` scores a VLM on it.
+The model passes when its greedy continuation starts with the number. The structure is the paper's; the wording
+is this project's own, not the paper's ("The grass is green. ... The pass key is"): that wording is public and
+is what a corpus teaching look-ups would copy, and the evaluation prompts must share their template with no
+training document. :func:`template_sentences` lists the fixed sentences; no demo training document contains one
+(``tests/eval/test_passkey.py`` checks every demo corpus), and a corpus that teaches retrieval must keep it so.
+
+:func:`build_passkey_prompt` builds a prompt of exactly ``length`` tokens (the filler's last sentence is cut to
+fit) with the needle at a sentence boundary near ``depth`` (0 = start of the filler, 1 = end);
+:func:`build_passkey_prompts` builds ``count`` of them per length, needles spread evenly over the depth and every
+passkey different; :func:`passkey_accuracy` scores a model on them in batches. Chance is one in the 90,000
+five-digit numbers (:func:`passkey_chance`). The video variant (:func:`build_video_passkey`) hides a frame
+showing a number in a long demo clip of emoji in motion and asks for the number after the last frame;
+:func:`video_passkey_accuracy` scores a VLM on it.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,12 +42,48 @@ from mm_lightning.models.vlm import expand_image_placeholders
 from mm_lightning.ops.patches import pack_patches
 from mm_lightning.tokenizer import IMAGE_SPAN
 
-INTRO = "There is an important piece of information hidden inside a lot of irrelevant text. Find it and memorize it. "
-FILLER = ("The grass is green. ", "The sky is blue. ", "The sun is yellow. ", "Here we go. ", "There and back again. ")
-NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key. "
-QUESTION = "What is the pass key? The pass key is"
+INTRO = (
+    "A locker number is written once in the notes below, between many lines that do not matter. "
+    "Find it and keep it in mind. "
+)
+FILLER = (
+    "The tide came in. ",
+    "Gulls circled over the pier. ",
+    "The tide went out. ",
+    "A bell rang on the buoy. ",
+    "Fog rolled over the harbour. ",
+)
+NEEDLE = "The map is in locker {key}. Locker {key} holds the map. "
+QUESTION = "Which locker holds the map? The map is in locker"
 VIDEO_QUESTION = "One frame of the video shows a number. What is the number? The number is"
-DEFAULT_DEPTHS = (0.1, 0.5, 0.9)
+PASSKEY_DIGITS = 5
+VIDEO_PASSKEY_DIGITS = 3
+DEFAULT_PROMPTS = 30
+"""Text prompts per length, issue 12's floor: one prompt is 0.033 of the figure (with 3 it was a third)."""
+DEFAULT_VIDEO_PROMPTS = 3
+"""Clips per frame count of the video variant (each a VLM forward over the whole clip)."""
+BATCH_TOKENS = 16384
+"""Prompt tokens decoded in one batch (rows = ``BATCH_TOKENS // length``, at least one)."""
+
+
+def template_sentences() -> list[str]:
+    """The fixed sentences of the text template (the needle's around its key) that no training document may hold.
+
+    Fragments of fewer than four words (``"Locker"``, ``"holds the map"``) are left out: they are ordinary text.
+    """
+    parts = re.split(r"\{key\}|(?<=[.?])\s+", " ".join([INTRO, *FILLER, NEEDLE, QUESTION]))
+    fragments = {part.strip(" .?") for part in parts}
+    return sorted(fragment for fragment in fragments if len(fragment.split()) >= 4)
+
+
+def passkey_chance(digits: int = PASSKEY_DIGITS) -> float:
+    """Probability of guessing a passkey: one in the ``9 * 10 ** (digits - 1)`` numbers of ``digits`` digits."""
+    return 1.0 / (9 * 10 ** (digits - 1))
+
+
+def spread_depths(count: int) -> list[float]:
+    """``count`` needle depths spread evenly over [0, 1], each in the middle of its share: 1/6, 1/2, 5/6 for 3."""
+    return [(index + 0.5) / count for index in range(count)]
 
 
 @dataclass(frozen=True)
@@ -55,8 +100,14 @@ class PasskeyPrompt:
     """Index after the needle's last token."""
 
 
-def _passkey(seed: int, *parts: object, digits: int = 5) -> str:
+def _passkey(seed: int, *parts: object, digits: int = PASSKEY_DIGITS) -> str:
     return str(random.Random("passkey-" + "-".join(map(str, (seed, *parts)))).randrange(10 ** (digits - 1), 10**digits))
+
+
+def distinct_passkeys(count: int, seed: int, *parts: object, digits: int = PASSKEY_DIGITS) -> list[str]:
+    """``count`` different ``digits``-digit numbers, a deterministic function of ``seed`` and ``parts``."""
+    rng = random.Random("passkeys-" + "-".join(map(str, (seed, *parts))))
+    return [str(number) for number in rng.sample(range(10 ** (digits - 1), 10**digits), count)]
 
 
 def build_passkey_prompt(
@@ -89,6 +140,21 @@ def build_passkey_prompt(
     return PasskeyPrompt(ids, encode(" " + key), key, needle_start, needle_start + len(needle))
 
 
+def build_passkey_prompts(tokenizer, length: int, count: int = DEFAULT_PROMPTS, seed: int = 0) -> list[PasskeyPrompt]:
+    """``count`` prompts of ``length`` tokens: needles at :func:`spread_depths`, every passkey different.
+
+    Args:
+        tokenizer: the project tokenizer.
+        length: prompt tokens.
+        count: prompts.
+        seed: seeds the passkeys (with ``length``): the same arguments give the same prompts.
+    """
+    if count < 1:
+        raise ValueError(f"count must be at least 1, got {count}")
+    depths, keys = spread_depths(count), distinct_passkeys(count, seed, length)
+    return [build_passkey_prompt(tokenizer, length, depth, passkey=key) for depth, key in zip(depths, keys)]
+
+
 def _filler(tokenizer, budget: int) -> tuple[list[int], list[int]]:
     """``budget`` filler tokens (sentences repeated, the last one cut) and the sentence starts."""
     sentences = [tokenizer_lib.encode(tokenizer, s) for s in FILLER]
@@ -105,9 +171,9 @@ def passkey_accuracy(
     model: torch.nn.Module,
     tokenizer,
     lengths: Sequence[int],
-    depths: Sequence[float] = DEFAULT_DEPTHS,
-    trials: int = 1,
+    prompts: int = DEFAULT_PROMPTS,
     seed: int = 0,
+    batch_tokens: int = BATCH_TOKENS,
 ) -> dict[int, float]:
     """Share of passkeys a language model retrieves by greedy decoding, per prompt length.
 
@@ -115,23 +181,29 @@ def passkey_accuracy(
         model: an LLM (``forward(input_ids=, kv_cache=)`` and ``new_kv_cache``, as ``mm_lightning.models.llm.LLM``).
         tokenizer: the project tokenizer.
         lengths: prompt lengths in tokens.
-        depths: needle depths tried at each length.
-        trials: prompts (different passkeys) per depth.
+        prompts: prompts per length (:func:`build_passkey_prompts`).
         seed: seeds the passkeys.
+        batch_tokens: most prompt tokens decoded together; at least one prompt a batch.
 
     Returns:
         ``{length: accuracy in [0, 1]}``.
     """
     results = {}
-    with _evaluating(model) as device:
+    with _evaluating(model) as device, _last_position_logits(model):
         for length in lengths:
-            prompts = [build_passkey_prompt(tokenizer, length, depth, seed + trial)
-                       for depth in depths for trial in range(trials)]  # fmt: skip
-            input_ids = torch.tensor([p.token_ids for p in prompts], device=device)  # [B, length]
-            new = generate(model, input_ids, max(len(p.answer_ids) for p in prompts) + 1, greedy=True)  # [B, T_new]
-            hits = [_retrieved(tokenizer, row.tolist(), p.passkey) for row, p in zip(new, prompts)]
+            batch = build_passkey_prompts(tokenizer, length, prompts, seed)
+            rows = max(1, batch_tokens // length)
+            hits = [hit for start in range(0, len(batch), rows)
+                    for hit in _decode_hits(model, tokenizer, batch[start : start + rows], device)]  # fmt: skip
             results[length] = sum(hits) / len(hits)
     return results
+
+
+def _decode_hits(model: torch.nn.Module, tokenizer, prompts: list[PasskeyPrompt], device: torch.device) -> list[bool]:
+    """Whether greedy decoding retrieves each prompt's passkey (the prompts share one length)."""
+    input_ids = torch.tensor([p.token_ids for p in prompts], device=device)  # [B, length]
+    new = generate(model, input_ids, max(len(p.answer_ids) for p in prompts) + 1, greedy=True)  # [B, T_new]
+    return [_retrieved(tokenizer, row.tolist(), p.passkey) for row, p in zip(new, prompts)]
 
 
 @contextmanager
@@ -143,6 +215,23 @@ def _evaluating(model: torch.nn.Module) -> Iterator[torch.device]:
         yield next(model.parameters()).device
     finally:
         model.train(was_training)
+
+
+@contextmanager
+def _last_position_logits(model: torch.nn.Module) -> Iterator[None]:
+    """For the block, the model's ``lm_head`` (if any) projects the last position only.
+
+    Greedy decoding reads the last position's logits alone; the prompt's others would be ``[B, T, vocab]`` (1 GB
+    for 30 prompts of 1,024 tokens and 8,192 words) and a third of the time. The model's own ``forward`` still runs,
+    so FSDP2's hooks gather its weights as in training.
+    """
+    head = getattr(model, "lm_head", None)
+    handle = head.register_forward_pre_hook(lambda _, args: (args[0][:, -1:],)) if head is not None else None
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.remove()
 
 
 def _retrieved(tokenizer, new_ids: list[int], passkey: str) -> bool:
@@ -170,7 +259,7 @@ def build_video_passkey(
     num_frames: int,
     depth: float = 0.5,
     seed: int = 0,
-    digits: int = 3,
+    digits: int = VIDEO_PASSKEY_DIGITS,
     patch_size: int = 14,
     max_patches_per_frame: int = 36,
 ) -> VideoPasskeyPrompt:
@@ -205,7 +294,7 @@ def video_passkey_accuracy(
     vlm: torch.nn.Module,
     tokenizer,
     frame_counts: Sequence[int],
-    depths: Sequence[float] = DEFAULT_DEPTHS,
+    prompts: int = DEFAULT_VIDEO_PROMPTS,
     seed: int = 0,
     max_patches_per_frame: int = 36,
 ) -> dict[int, float]:
@@ -215,7 +304,7 @@ def video_passkey_accuracy(
         vlm: a :class:`~mm_lightning.models.vlm.VLM` (ViT + projector + LLM).
         tokenizer: the project tokenizer.
         frame_counts: clip lengths in frames.
-        depths: needle positions tried per clip length.
+        prompts: clips per length, their needle frames at :func:`spread_depths`.
         seed: seeds the clips and numbers.
         max_patches_per_frame: cap on each frame's patches.
 
@@ -223,10 +312,10 @@ def video_passkey_accuracy(
         ``{num_frames: accuracy in [0, 1]}``.
     """
     results = {}
-    with _evaluating(vlm) as device:
+    with _evaluating(vlm) as device, _last_position_logits(vlm.llm):
         for count in frame_counts:
             hits = []
-            for depth in depths:
+            for depth in spread_depths(prompts):
                 prompt = build_video_passkey(tokenizer, count, depth, seed, patch_size=vlm.vit.config.patch_size,
                                              max_patches_per_frame=max_patches_per_frame)  # fmt: skip
                 sample = prompt.sample

@@ -8,6 +8,7 @@ preprocess alike: RGB in [-1, 1] (mean = std = 0.5, as SigLIP), transparency com
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
@@ -16,6 +17,14 @@ from torch import Tensor
 from mm_lightning.ops.patches import image_to_patches
 
 PIXEL_MEAN = PIXEL_STD = 0.5  # SigLIP: pixels in [-1, 1]
+
+
+@dataclass(frozen=True)
+class ImagePreprocessing:
+    """How an image becomes ViT patches: patch side in pixels and the cap on patches per image."""
+
+    patch_size: int
+    max_patches: int
 
 
 def pil_to_pixels(image: Image.Image) -> Tensor:

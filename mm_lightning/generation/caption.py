@@ -1,0 +1,80 @@
+"""Captioning and describing images with a VLM, preprocessed exactly as its training did; no Lightning.
+
+A prompt is the image span the alignment and joint stages train on (``<|image_start|>``, the image's merged
+tokens, ``<|image_end|>``), then optional text; greedy decoding continues it to the end of the document.
+:class:`ImagePreprocessing` says how pixels become patches (patch side, cap on patches per image); a checkpoint
+records the one its stage trained with, so ``generate`` and every evaluation feed the grids the model saw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from mm_lightning import tokenizer as tokenizer_lib
+from mm_lightning.generation.decode import generate
+from mm_lightning.media.images import ImagePreprocessing, pil_to_pixels
+from mm_lightning.models.vlm import VLM, expand_image_placeholders
+from mm_lightning.ops.patches import image_to_patches, pack_patches
+from mm_lightning.tokenizer import IMAGE_ID, IMAGE_SPAN
+
+
+def image_prompt(vlm: VLM, image: Image.Image | Tensor, preprocessing: ImagePreprocessing,
+                 text_ids: Sequence[int] = ()) -> Tensor:  # fmt: skip
+    """Input embeddings ``[1, T, d]`` of ``<|image_start|> image tokens <|image_end|> text_ids``.
+
+    Args:
+        vlm: the model.
+        image: a PIL image, or pixels ``[3, H, W]`` in [-1, 1] (:func:`~mm_lightning.media.images.pil_to_pixels`).
+        preprocessing: the patching the model trained with.
+        text_ids: token ids after the image span.
+    """
+    pixels = pil_to_pixels(image) if isinstance(image, Image.Image) else image
+    patches, grid = image_to_patches(pixels, preprocessing.patch_size, preprocessing.max_patches)
+    packed = pack_patches([patches], [grid])
+    device = next(vlm.parameters()).device
+    ids = expand_image_placeholders([*IMAGE_SPAN, *text_ids], [vlm.projector.num_tokens(*grid)], IMAGE_ID)
+    return vlm.embed(torch.tensor([ids], device=device), packed["patches"].to(device), packed["grid_hw"].to(device),
+                     packed["seq_ids"].to(device))  # fmt: skip
+
+
+def decode_text(tokenizer, new_ids: Sequence[int]) -> str:
+    """The text of generated ids: cut at the first end of document, special tokens dropped."""
+    eod = tokenizer_lib.eod_id(tokenizer)
+    ids = list(new_ids)
+    ids = ids[: ids.index(eod)] if eod in ids else ids
+    return tokenizer_lib.decode(tokenizer, [t for t in ids if t >= len(tokenizer_lib.SPECIAL_TOKENS)])
+
+
+@torch.no_grad()
+def caption_images(vlm: VLM, tokenizer, images: Sequence[Image.Image | Tensor], preprocessing: ImagePreprocessing,
+                   max_new_tokens: int = 48, stop_at_eod: bool = True, batch_size: int = 32) -> list[str]:  # fmt: skip
+    """Greedy captions of ``images`` in eval mode, in order.
+
+    Images whose prompts have the same number of tokens decode together, up to ``batch_size`` at a time (no padding,
+    so each caption is the one it would be alone). With ``stop_at_eod`` False every batch takes ``max_new_tokens``
+    forward passes (each text still ends at its first end of document): ranks that share FSDP2 collectives then run
+    the same number whatever they decode.
+    """
+    was_training = vlm.training
+    vlm.eval()
+    try:
+        prompts = [image_prompt(vlm, image, preprocessing) for image in images]  # [1, T_i, d] each
+        by_length: dict[int, list[int]] = {}
+        for index, prompt in enumerate(prompts):
+            by_length.setdefault(prompt.shape[1], []).append(index)
+        captions = [""] * len(prompts)
+        for indices in by_length.values():
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start : start + batch_size]
+                new = generate(vlm.llm, inputs_embeds=torch.cat([prompts[i] for i in chunk]), greedy=True,
+                               max_new_tokens=max_new_tokens,
+                               eos_id=tokenizer_lib.eod_id(tokenizer) if stop_at_eod else None)  # fmt: skip
+                for index, row in zip(chunk, new.tolist(), strict=True):
+                    captions[index] = decode_text(tokenizer, row)
+        return captions
+    finally:
+        vlm.train(was_training)
