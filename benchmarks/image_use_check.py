@@ -3,7 +3,8 @@
 Scores the demo's held-out scenes (``demo:emoji-scenes``, val split) with the checkpoint's LLM, ViT and
 projector, once as they are and once with every caption paired with the next sample's image. A model that
 reads its images does much worse on the mismatched pairs; one that only learned the caption language does
-the same on both.
+the same on both. Each checkpoint's scenes are cut into patches as its stage's training images were
+(:func:`~mm_lightning.checkpoint.image_preprocessing`).
 
 Usage::
 
@@ -16,10 +17,11 @@ import argparse
 
 import torch
 
-from mm_lightning.checkpoint import load_backbone
+from mm_lightning.checkpoint import image_preprocessing, load_vlm
 from mm_lightning.data import ImageTextDataModule
 from mm_lightning.data.caption_rows import caption_rows
 from mm_lightning.losses import NextTokenLoss
+from mm_lightning.media.images import ImagePreprocessing
 from mm_lightning.models.vlm import VLM
 from mm_lightning.tokenizer import IMAGE_ID
 
@@ -41,19 +43,27 @@ def caption_loss(vlm: VLM, batches: list[dict], mismatched: bool) -> float:
     return total / count
 
 
+def validation_batches(preprocessing: ImagePreprocessing, batches: int) -> list[dict]:
+    """The first ``batches`` validation batches of 16 demo scenes, cut into patches as ``preprocessing`` says."""
+    data = ImageTextDataModule("demo:emoji-scenes", batch_size=16, patch_size=preprocessing.patch_size,
+                               max_patches=preprocessing.max_patches, max_caption_len=48, num_workers=0,
+                               val_batches=batches)  # fmt: skip
+    data.prepare_data()
+    data.setup("fit")
+    return list(data.val_dataloader())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("ckpt", nargs="+", help="checkpoints with llm, vit and projector (alignment or joint)")
     parser.add_argument("--batches", type=int, default=8, help="validation batches of 16 scenes")
     args = parser.parse_args()
-    data = ImageTextDataModule("demo:emoji-scenes", batch_size=16, patch_size=14, max_patches=100,
-                               max_caption_len=48, num_workers=0, val_batches=args.batches)  # fmt: skip
-    data.prepare_data()
-    data.setup("fit")
-    batches = list(data.val_dataloader())
+    scenes: dict[ImagePreprocessing, list[dict]] = {}  # checkpoints of one pipeline share one preprocessing
     for path in args.ckpt:
-        parts = [load_backbone(path, kind).eval() for kind in ("llm", "vit", "projector")]
-        vlm = VLM(*parts, IMAGE_ID)
+        preprocessing = image_preprocessing(path)
+        if preprocessing not in scenes:
+            scenes[preprocessing] = validation_batches(preprocessing, args.batches)
+        batches, vlm = scenes[preprocessing], load_vlm(path)
         right, wrong = caption_loss(vlm, batches, False), caption_loss(vlm, batches, True)
         print(f"{path}: right images {right:.4f}  mismatched images {wrong:.4f}  (gap {wrong - right:+.4f} nats)")
 

@@ -1,15 +1,17 @@
 """Checkpoint metadata, safe loading, and rebuilding backbones from what a checkpoint recorded.
 
 Every stage checkpoint carries a plain-data block under ``"mm_lightning"``: the stage, the
-pipeline-global step, the LR schedule, the resolved backbone configs, the RoPE base and the tokens
-seen. Checkpoints are loaded with ``weights_only=True`` only, so they must hold nothing but tensors
-and plain Python data; :func:`to_plain` makes hyper-parameters so.
+pipeline-global step, the LR schedule, the resolved backbone configs, the RoPE base, the tokens seen and,
+for a stage with a ViT, how its images were cut into patches (:func:`image_preprocessing`). Checkpoints
+are loaded with ``weights_only=True`` only, so they must hold nothing but tensors and plain Python data;
+:func:`to_plain` makes hyper-parameters so.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,10 @@ import torch
 from torch import nn
 
 from mm_lightning.errors import MMLightningError
+from mm_lightning.media.images import ImagePreprocessing
 from mm_lightning.models.registry import build_from_config, config_from_dict
+from mm_lightning.models.vlm import VLM
+from mm_lightning.tokenizer import IMAGE_ID
 
 META_KEY = "mm_lightning"
 
@@ -85,6 +90,51 @@ def load_backbone(path: str | Path, kind: str, prefix: str | None = None) -> nn.
     state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     load_state_dict_strict(module, state, source=f"{path} ({kind})")
     return module
+
+
+def load_vlm(path: str | Path) -> VLM:
+    """The VLM (LLM, ViT and projector) a stage checkpoint recorded, in eval mode."""
+    return VLM(*(load_backbone(path, kind) for kind in ("llm", "vit", "projector")), IMAGE_ID).eval()
+
+
+def recorded_image_preprocessing(source: str | Path | dict[str, Any]) -> ImagePreprocessing | None:
+    """The image preprocessing a checkpoint recorded (``None`` when it records none).
+
+    Args:
+        source: a stage checkpoint (``.ckpt``) or its metadata block (:func:`checkpoint_meta`).
+    """
+    meta = source if isinstance(source, dict) else checkpoint_meta(load_checkpoint(source), source)
+    recorded = meta.get("image_preprocessing")
+    return ImagePreprocessing(**recorded) if recorded else None
+
+
+def image_preprocessing(source: str | Path | dict[str, Any]) -> ImagePreprocessing:
+    """How the checkpoint's stage cut images into patches, so inference feeds the grids the model trained on.
+
+    A checkpoint written before this was recorded falls back, with a note on stderr, to its ViT config's
+    ``patch_size`` and ``max_patches`` (the cap the ViT allows, not necessarily the one it trained with).
+
+    Args:
+        source: a stage checkpoint (``.ckpt``) or its metadata block (:func:`checkpoint_meta`).
+
+    Raises:
+        CheckpointError: the checkpoint records neither image preprocessing nor a ViT.
+    """
+    meta = source if isinstance(source, dict) else checkpoint_meta(load_checkpoint(source), source)
+    recorded = recorded_image_preprocessing(meta)
+    if recorded is not None:
+        return recorded
+    name = "the checkpoint" if isinstance(source, dict) else str(source)
+    vit = meta.get("backbones", {}).get("vit")
+    if vit is None:
+        raise CheckpointError(f"{name} has no ViT, so no image preprocessing; pass a checkpoint with a ViT.")
+    fallback = ImagePreprocessing(int(vit["patch_size"]), int(vit["max_patches"]))
+    print(
+        f"note: {name} records no image preprocessing (written before it was recorded); using its ViT config's "
+        f"patch_size {fallback.patch_size} and max_patches {fallback.max_patches}.",
+        file=sys.stderr,
+    )
+    return fallback
 
 
 def load_state_dict_strict(module: nn.Module, state: dict[str, Any], source: str) -> None:

@@ -4,7 +4,9 @@
     mm-lightning generate --ckpt runs/text_pretrain_tiny/checkpoints/last.ckpt --prompt "Fellow citizens"
 
 The backbones are rebuilt from the configurations the checkpoint recorded (``weights_only`` loading). With
-``--image``, the prompt starts with the image's merged tokens, as the alignment stage trains captioning.
+``--image``, the prompt starts with the image span the alignment stage trains captioning on
+(:func:`~mm_lightning.generation.caption.image_prompt`), the image cut into patches as the checkpoint's stage
+cut its training images (:func:`~mm_lightning.checkpoint.image_preprocessing`).
 """
 
 from __future__ import annotations
@@ -15,13 +17,11 @@ from pathlib import Path
 import torch
 
 from mm_lightning import tokenizer as tokenizer_lib
-from mm_lightning.checkpoint import load_backbone
+from mm_lightning.checkpoint import image_preprocessing, load_backbone, load_vlm
 from mm_lightning.demo import demo_tokenizer
+from mm_lightning.generation.caption import decode_text, image_prompt
 from mm_lightning.generation.decode import generate
 from mm_lightning.media.images import decode_image
-from mm_lightning.models.vlm import VLM, expand_image_placeholders
-from mm_lightning.ops.patches import image_to_patches, pack_patches
-from mm_lightning.tokenizer import IMAGE_ID, IMAGE_SPAN
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -40,28 +40,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def prompt_embeddings(args: argparse.Namespace, tokenizer) -> tuple[torch.nn.Module, torch.Tensor]:
-    """The LLM and the prompt's input embeddings ``[1, T, d]`` (image tokens first when an image is given)."""
-    llm = load_backbone(args.ckpt, "llm").eval()
+    """The LLM and the prompt's input embeddings ``[1, T, d]`` (the image span first when an image is given)."""
     text_ids = tokenizer_lib.encode(tokenizer, args.prompt) if args.prompt else []
     if args.image is None:
+        llm = load_backbone(args.ckpt, "llm").eval()
         if not text_ids:
             text_ids = [tokenizer_lib.eod_id(tokenizer)]  # an empty prompt starts a new document
         return llm, llm.embed(torch.tensor([text_ids]))
-    vit, projector = load_backbone(args.ckpt, "vit").eval(), load_backbone(args.ckpt, "projector").eval()
-    image = decode_image(Path(args.image).read_bytes())
-    patches, grid = image_to_patches(image, vit.config.patch_size, vit.config.max_patches)
-    packed = pack_patches([patches], [grid])
-    # the image span the alignment and joint stages train on
-    ids = expand_image_placeholders([*IMAGE_SPAN, *text_ids], [projector.num_tokens(*grid)], IMAGE_ID)
-    vlm = VLM(llm, vit, projector, IMAGE_ID)
-    return llm, vlm.embed(torch.tensor([ids]), packed["patches"], packed["grid_hw"], packed["seq_ids"])
+    vlm = load_vlm(args.ckpt)
+    pixels = decode_image(Path(args.image).read_bytes())  # [3, H, W]
+    return vlm.llm, image_prompt(vlm, pixels, image_preprocessing(args.ckpt), text_ids)
 
 
 def run(argv: list[str]) -> str:
-    """Generate and return the decoded continuation."""
+    """Generate and return the decoded continuation (special tokens left out)."""
     args = parse_args(argv)
-    tokenizer_path = args.tokenizer or demo_tokenizer()
-    tokenizer = tokenizer_lib.load_tokenizer(tokenizer_path)
+    tokenizer = tokenizer_lib.load_tokenizer(args.tokenizer or demo_tokenizer())
     with torch.no_grad():
         llm, embeds = prompt_embeddings(args, tokenizer)
         new_tokens = generate(
@@ -69,8 +63,7 @@ def run(argv: list[str]) -> str:
             top_k=args.top_k, top_p=args.top_p, greedy=not args.sample, eos_id=tokenizer_lib.eod_id(tokenizer),
             generator=torch.Generator().manual_seed(args.seed),
         )  # fmt: skip
-    ids = [t for t in new_tokens[0].tolist() if t != tokenizer_lib.eod_id(tokenizer)]
-    return tokenizer_lib.decode(tokenizer, ids)
+    return decode_text(tokenizer, new_tokens[0].tolist())
 
 
 def main(argv: list[str]) -> None:

@@ -8,7 +8,8 @@ Each stage counts its own global step (the joint stages continue the text stage'
     x = offset_i + (step - global_step_start_i),    offset_i = sum of the steps of the stages before i
 
 The figure stacks the schedules the recipe changes between stages (learning rate, multimodal share, RoPE
-base, sequence length) over the train and validation losses, so every hand-off can be seen at a glance.
+base, sequence length) over the train and validation losses, so every hand-off can be seen at a glance. The
+summary judges each stage by its capability checks (:mod:`~mm_lightning.pipeline.verdict`), its headline second.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogFormatter
 
 from mm_lightning.pipeline.logs import Scalars, read_scalars
+from mm_lightning.pipeline.verdict import Check, format_checks, format_verdict_totals, pipeline_checks
 
 Stage = dict[str, Any]
 
@@ -317,7 +319,9 @@ def _format_tokens(tokens: float | None) -> str:
 
 
 def _evaluation_group(tag: str) -> str | None:
-    """Which kind of evaluation a validation tag reports, or None for one the summary leaves out."""
+    """Which kind of evaluation a validation tag reports, or None for one the summary leaves out (or checks)."""
+    if tag.startswith("val/probe_"):  # listed with the capability checks
+        return None
     if tag.endswith("ppl"):
         return "perplexity"
     if "r@" in tag:
@@ -377,8 +381,8 @@ def _format_evaluations(stage: Stage) -> list[str]:
     return lines
 
 
-def _format_stage(stage: Stage) -> list[str]:
-    """A stage's block: heading, then (if it ran) steps, tokens, wall time, headline metric and evaluations."""
+def _format_stage(stage: Stage, checks: list[Check]) -> list[str]:
+    """A stage's block: heading, then (if it ran) steps, tokens, wall time, headline metric, evaluations, checks."""
     status = stage.get("status", "pending")
     heading = f"{stage.get('index', '?')}. {stage.get('title') or stage.get('name')} [{stage.get('name')}]"
     if status == "pending":
@@ -396,19 +400,22 @@ def _format_stage(stage: Stage) -> list[str]:
     metric = _format_metric(stage.get("metric"))
     if metric:
         lines.append(f"   {metric}")
-    return lines + _format_evaluations(stage)
+    return lines + _format_evaluations(stage) + format_checks(checks)
 
 
-def _format_totals(stages: list[Stage]) -> str:
+def _format_totals(stages: list[Stage], checks: list[list[Check]]) -> list[str]:
+    """Totals, the capability verdict (:mod:`~mm_lightning.pipeline.verdict`), then the headline metrics'."""
     ran = [stage for stage in stages if stage.get("steps") is not None and stage.get("status") != "pending"]
     tokens = sum(stage.get("tokens") or 0 for stage in ran)
     wall_time = sum(stage.get("wall_time_s") or 0.0 for stage in ran)
     scored = [stage for stage in ran if _format_metric(stage.get("metric"))]
     better = sum(_is_better(stage["metric"]) is True for stage in scored)
-    return (
+    return [
         f"Total: {len(ran)} of {len(stages)} stages run, tokens {_format_tokens(tokens)}, "
-        f"wall time {format_duration(wall_time)}; {better} of {len(scored)} stages beat their start"
-    )
+        f"wall time {format_duration(wall_time)}",
+        format_verdict_totals(stages, checks),
+        f"Headline metrics (secondary: perplexity, loss, recall): {better} of {len(scored)} stages beat their start",
+    ]
 
 
 def format_summary(manifest: dict) -> str:
@@ -426,9 +433,10 @@ def format_summary(manifest: dict) -> str:
     if manifest.get("run_dir"):
         header += f", run in {manifest['run_dir']}"
     lines = [header, ""]
-    for stage in manifest["stages"]:
-        lines += [*_format_stage(stage), ""]
-    lines += [_format_totals(manifest["stages"])]
+    checks = pipeline_checks(manifest["stages"])
+    for stage, found in zip(manifest["stages"], checks):
+        lines += [*_format_stage(stage, found), ""]
+    lines += _format_totals(manifest["stages"], checks)
     return "\n".join(lines) + "\n"
 
 

@@ -29,6 +29,7 @@ from mm_lightning.fit import check_fit_config
 from mm_lightning.pipeline.manifest import Manifest, is_rank_zero, record_finished_stage, write_atomically
 from mm_lightning.pipeline.plan import StagePlan, plan_pipeline
 from mm_lightning.pipeline.report import format_summary, write_report
+from mm_lightning.pipeline.scene_grid import write_caption_grid
 from mm_lightning.pipeline.spec import PipelineSpec, StagePaths, get_at, stage_paths
 
 VERDICT_TIMEOUT_S = 900  # how long other ranks wait for rank zero to record a stage's outcome
@@ -57,8 +58,10 @@ def run_pipeline(
             run_stage(spec, plan, manifest, redo_given=bool(redo))
     if is_rank_zero():
         png, summary = write_report(manifest.data, spec.run_dir)
+        captions = write_caption_grid(manifest.data, spec.run_dir)
         print(format_summary(manifest.data))
-        print(f"mm-lightning pipeline: manifest {manifest.path}, report {png}, summary {summary}")
+        drawn = f"captions {captions}" if captions else "no captions.png (no stage has a VLM checkpoint yet)"
+        print(f"mm-lightning pipeline: manifest {manifest.path}, report {png}, summary {summary}, {drawn}")
     return manifest
 
 

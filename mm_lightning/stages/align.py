@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torchmetrics import MeanMetric
 
-from mm_lightning.checkpoint import load_backbone
+from mm_lightning.checkpoint import load_backbone, recorded_image_preprocessing
 from mm_lightning.data.caption_rows import caption_rows
 from mm_lightning.losses import NextTokenLoss
 from mm_lightning.models.registry import build_backbone
@@ -52,6 +52,7 @@ class AlignStage(VisionLanguageStage):
         self.save_hyperparameters()
         self.llm = load_backbone(llm_checkpoint, "llm").requires_grad_(False)
         self.vit = load_backbone(vit_checkpoint, "vit")
+        self.inherited_image_preprocessing = recorded_image_preprocessing(vit_checkpoint)
         widths = {"vision_dim": self.vit.config.d_model, "llm_dim": self.llm.config.d_model}
         self.projector = build_backbone("projector", projector, **{**widths, **(projector_overrides or {})})
         self.loss = NextTokenLoss()

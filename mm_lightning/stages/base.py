@@ -2,7 +2,9 @@
 
 A concrete stage only says which backbones it builds (``backbones()``), what trains, and its steps.
 Backbone attribute names are registry kinds (``self.llm`` is an ``llm``), so the checkpoint can record
-each one's resolved config and a later stage can rebuild it with ``checkpoint.load_backbone``.
+each one's resolved config and a later stage can rebuild it with ``checkpoint.load_backbone``. A stage with a
+ViT also records how its images were cut into patches (its datamodule's ``patch_size`` and ``max_patches``, or
+what the checkpoint its ViT came from recorded), so ``generate`` and the evaluations feed the same grids.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import nn
 from mm_lightning.checkpoint import META_KEY, to_plain
 from mm_lightning.errors import ConfigError
 from mm_lightning.handoff import optimizer_param_names
+from mm_lightning.media.images import ImagePreprocessing
 from mm_lightning.optim import OptimizerConfig, build_optimizer
 from mm_lightning.parallel import parallelize
 from mm_lightning.schedules import LRSchedule, build_lr_scheduler, check_table
@@ -51,6 +54,7 @@ class StageModule(pl.LightningModule):
         self.compile_blocks = compile
         self.tokens_seen = 0
         self.flops_per_batch = 0.0  # read by Lightning's ThroughputMonitor for MFU
+        self.inherited_image_preprocessing: ImagePreprocessing | None = None  # set by stages that load a ViT
         self._parallelized = False
 
     def backbones(self) -> dict[str, nn.Module]:
@@ -120,7 +124,21 @@ class StageModule(pl.LightningModule):
         }
         if "llm" in backbones:
             meta["rope_base"] = backbones["llm"].rope_base
+        preprocessing = self.image_preprocessing() if "vit" in backbones else None
+        if preprocessing is not None:
+            meta["image_preprocessing"] = dataclasses.asdict(preprocessing)
         return meta
+
+    def image_preprocessing(self) -> ImagePreprocessing | None:
+        """How this stage cuts images into patches, or ``None`` when nothing says.
+
+        Its datamodule's ``patch_size`` and ``max_patches`` when it has both (``ImageTextDataModule``,
+        ``MixtureDataModule``), else what the checkpoint its ViT came from recorded.
+        """
+        datamodule = getattr(self._trainer, "datamodule", None)
+        if hasattr(datamodule, "patch_size") and hasattr(datamodule, "max_patches"):
+            return ImagePreprocessing(int(datamodule.patch_size), int(datamodule.max_patches))
+        return self.inherited_image_preprocessing
 
     def _state_dict_prefix(self, module: nn.Module) -> str:
         return next(f"{name}." for name, candidate in self.named_modules() if candidate is module)

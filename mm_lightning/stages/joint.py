@@ -23,7 +23,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from mm_lightning.callbacks.lr_schedule import LRSchedulerResume
-from mm_lightning.checkpoint import load_backbone
+from mm_lightning.checkpoint import load_backbone, recorded_image_preprocessing
 from mm_lightning.errors import ConfigError
 from mm_lightning.handoff import HANDOFF_MODES, carry_optimizer_state, check_optimizer_state
 from mm_lightning.losses import NextTokenLoss
@@ -70,6 +70,7 @@ class JointStage(VisionLanguageStage):
         self.llm = load_backbone(llm_checkpoint, "llm")
         self.vit = load_backbone(vision_checkpoint or llm_checkpoint, "vit")
         self.projector = load_backbone(vision_checkpoint or llm_checkpoint, "projector")
+        self.inherited_image_preprocessing = recorded_image_preprocessing(vision_checkpoint or llm_checkpoint)
         self.loss = NextTokenLoss()
         self._val_sums: dict[int, list[float]] = {}
 

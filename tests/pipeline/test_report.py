@@ -1,4 +1,5 @@
-"""The pipeline report: the pipeline-step axis, the figure written from real event files, and the text summary."""
+"""The pipeline report: the pipeline-step axis, the figure written from real event files, and the text summary
+with its capability verdict."""
 
 from __future__ import annotations
 
@@ -41,9 +42,12 @@ def text_stage(tmp_path: Path) -> dict:
 
 
 def vit_stage(tmp_path: Path) -> dict:
-    """A ViT CoCa stage counting its own 30 steps from 0, with retrieval recall and caption loss."""
+    """A ViT CoCa stage counting its own 30 steps from 0, with retrieval recall, caption loss and probe identity."""
+    probes = {"val/probe_chance_r@1": 0.015625, "val/probe_colour_only_r@1": 0.015625}
     first = {"val/i2t_r@1": 0.1, "val/t2i_r@1": 0.125, "val/chance_r@1": 0.02, "val/caption": 3.0}
+    first |= probes | {"val/probe_i2t_r@1": 0.0125, "val/probe_t2i_r@1": 0.016}
     final = {"val/i2t_r@1": 0.5, "val/t2i_r@1": 0.375, "val/chance_r@1": 0.02, "val/caption": 2.0}
+    final |= probes | {"val/probe_i2t_r@1": 0.625, "val/probe_t2i_r@1": 0.5}
     scalars = {tag: {0: first[tag], 30: final[tag]} for tag in first}
     scalars.update({"train/lr": linear(0, 30, 5e-4, 5e-5), "train/loss": linear(0, 30, 8.0, 4.0)})
     return {
@@ -57,9 +61,15 @@ def vit_stage(tmp_path: Path) -> dict:
 
 
 def joint_stage(tmp_path: Path) -> dict:
-    """A joint stage continuing the text stage's count (steps 20..30), mixing and logging RoPE and length."""
-    first = {"val/text_ppl": 40.0, "val/multimodal_loss": 2.5, "val/passkey@64": 0.25}
-    final = {"val/text_ppl": 30.0, "val/multimodal_loss": 2.25, "val/passkey@64": 0.75}
+    """A joint stage continuing the text stage's count (steps 20..30), mixing and logging RoPE and length.
+
+    Its captions name the background colour but not the emoji, and it ignores its images.
+    """
+    chances = {"val/caption_colour_chance": 0.1, "val/caption_emoji_any_chance": 0.08}
+    first = {"val/text_ppl": 40.0, "val/multimodal_loss": 2.5, "val/passkey@64": 0.25, "val/image_use_gap": 0.01}
+    first |= chances | {"val/caption_colour_acc": 0.1, "val/caption_emoji_any_acc": 0.05}
+    final = {"val/text_ppl": 30.0, "val/multimodal_loss": 2.25, "val/passkey@64": 0.75, "val/image_use_gap": 0.0004}
+    final |= chances | {"val/caption_colour_acc": 0.95, "val/caption_emoji_any_acc": 0.02}
     scalars = {tag: {20: first[tag], 30: final[tag]} for tag in first}
     scalars.update({"train/lr": linear(20, 30, 1e-3, 1e-4), "train/loss": linear(20, 30, 3.5, 3.0)})
     scalars.update({"mix/scheduled_share": linear(20, 30, 0.0, 0.5), "mix/multimodal_share_samples": {22: 0.25}})
@@ -129,8 +139,30 @@ def test_write_report_draws_the_run_and_summarises_it(tmp_path: Path):
     assert "steps 10 (global step 20 -> 30)" in text
     assert "perplexity: text_ppl 40 -> 30" in text
     assert "passkey accuracy: passkey@64 0.25 -> 0.75" in text
-    totals = "Total: 3 of 3 stages run, tokens 73,440, wall time 5 min 6 s; 3 of 3 stages beat their start"
-    assert text.rstrip().endswith(totals)
+    assert "probe_" not in text.split("capability")[0]  # the probe figures are listed with the checks only
+    vit_block = [
+        "   capability: PASS (2 of 2 checks pass)",
+        "      PASS emoji identity i2t r@1 0.625 (chance 0.01562, colour-only 0.01562, start 0.0125; "
+        "needs > 2x chance, > colour-only, > start)",
+    ]
+    assert "\n".join(vit_block) in text
+    joint_block = [
+        "   capability: FAIL (2 of 4 checks pass)",
+        "      FAIL image-use gap 0.0004 nats (start 0.01; needs > 0.05): the model ignores its images",
+        "      PASS captions naming background colour 0.95 (chance 0.1, start 0.1; needs > chance)",
+        "      FAIL captions naming at least one emoji 0.02 (chance 0.08, start 0.05; needs > chance): "
+        "the captions name the scene's emoji no more often than chance",
+        "      PASS passkey@64 0.75 (start 0.25; needs > start)",  # 128 -> 512 tokens: a long-context stage
+    ]
+    assert "\n".join(joint_block) in text
+    assert "1. text pre-training [text]: finished" in text and "capability" not in text.split("2. ViT")[0]
+    totals = [
+        "Total: 3 of 3 stages run, tokens 73,440, wall time 5 min 6 s",
+        "Capability checks: 1 of 2 checked stages pass; failing: joint (image-use gap, captions naming at least "
+        "one emoji)",
+        "Headline metrics (secondary: perplexity, loss, recall): 3 of 3 stages beat their start",
+    ]
+    assert text.rstrip().endswith("\n".join(totals))
 
 
 def test_summary_says_worse_when_the_metric_moved_the_wrong_way():
@@ -138,6 +170,7 @@ def test_summary_says_worse_when_the_metric_moved_the_wrong_way():
     stage["metric"] = {"name": "val/text_ppl", "mode": "min", "start": 30.0, "final": 31.0, "improved": False}
     text = format_summary(manifest_of([stage]))
     assert "val/text_ppl (min): 30 -> 31, worse" in text
+    assert "Capability checks: none recorded; the stages are judged by their headline metrics alone" in text
     assert "0 of 1 stages beat their start" in text
 
 
