@@ -1,10 +1,12 @@
-"""Shared fixtures: an isolated mm_lightning cache with the demo corpus prepared once per test session."""
+"""Shared fixtures: an isolated mm_lightning cache with the demo corpus prepared once per test session, and one
+CPU thread for micro models."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +32,12 @@ def demo_emoji(mm_cache: Path) -> Path:
     from mm_lightning.demo.corpora import ensure_demo_image_text
 
     return ensure_demo_image_text("demo:emoji-scenes")
+
+
+@pytest.fixture
+def one_thread():
+    """Micro models run their many tiny ops faster on one thread (and far faster on a shared, busy CPU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -52,15 +52,6 @@ METRICS = ("image_use_gap", "caption_loss_right", "caption_loss_mismatched", "ca
            "caption_emoji_any_chance")  # fmt: skip
 
 
-@pytest.fixture
-def one_thread():
-    """Micro models run their many tiny ops faster on one thread (and far faster on a shared, busy CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def scene(background: str, *names: str) -> Scene:
     """A scene with the named emoji on ``background`` (no image: for the parsing and chance tests)."""
     sprites = {entry["name"].lower(): index for index, entry in enumerate(load_emoji_meta()["emoji"])}

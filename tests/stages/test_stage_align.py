@@ -6,7 +6,6 @@ import sys
 from functools import partial
 
 import lightning.pytorch as pl
-import pytest
 import torch
 import torch.nn.functional as F
 from helpers.colour_task import COCA, COLOURS, VIT, ColourData, ColourPairs, collate
@@ -75,15 +74,6 @@ def _tiny_tokenizer(tmp_path):
 
 
 FIRST_COLOUR, A, SQUARE, FILLERS = 5, 13, 14, range(15, 32)  # token ids; the colour words 5..12 as colour_task's
-
-
-@pytest.fixture
-def one_thread():
-    """Micro models run faster on one thread than on two, and a busy CPU slows them far less."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def colour_documents(rows: int, seed: int) -> DataLoader:
