@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
+
+from mm_lightning.inference import torch_threads
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +38,5 @@ def demo_emoji(mm_cache: Path) -> Path:
 @pytest.fixture
 def one_thread():
     """Micro models run their many tiny ops faster on one thread (and far faster on a shared, busy CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield

@@ -12,14 +12,11 @@ runs the same forward passes (under FSDP2 they are collective; with several rank
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import lightning.pytorch as pl
-import torch
 
 from mm_lightning.errors import ConfigError
 from mm_lightning.eval.caption_checks import SceneSet, build_scene_set, caption_checks, image_use_gap, scene_config
+from mm_lightning.inference import torch_threads
 from mm_lightning.media.images import ImagePreprocessing
 
 
@@ -79,15 +76,3 @@ class CaptionChecks(pl.Callback):
         self.last_samples = list(zip(truths, captions))[: self.samples]
         pl_module.report_validation({f"val/{name}": value for name, value in metrics.items()},
                                     headline="val/image_use_gap")  # fmt: skip
-
-
-@contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Run the block with ``threads`` torch intra-op threads (unchanged when ``None``), the count restored after."""
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import lightning.pytorch as pl
-import torch
 
 from mm_lightning.errors import ConfigError
 from mm_lightning.eval.emoji_probe import ProbeSet, build_probe_set, emoji_probe_metrics, probe_backgrounds
+from mm_lightning.inference import evaluating
 
 LOGGED = ("i2t_r@1", "i2t_r@5", "t2i_r@1", "t2i_r@5", "chance_r@1", "chance_r@5", "colour_only_r@1")
 
@@ -42,15 +42,8 @@ class EmojiIdentityProbe(pl.Callback):
         modules = [getattr(pl_module, name, None) for name in ("vit", "coca")]
         if any(module is None for module in modules):
             raise ConfigError("EmojiIdentityProbe needs a stage with `vit` and `coca` (the ViT CoCa stage)")
-        modes = [module.training for module in modules]
-        for module in modules:
-            module.eval()
-        try:
-            with torch.no_grad(), trainer.precision_plugin.forward_context():
-                metrics = emoji_probe_metrics(*modules, self._probe_set(trainer), self.batch_size)
-        finally:
-            for module, mode in zip(modules, modes, strict=True):
-                module.train(mode)
+        with evaluating(pl_module), trainer.precision_plugin.forward_context():
+            metrics = emoji_probe_metrics(*modules, self._probe_set(trainer), self.batch_size)
         pl_module.report_validation({f"val/probe_{name}": metrics[name] for name in LOGGED}, "val/probe_i2t_r@1")
 
     def _probe_set(self, trainer: pl.Trainer) -> ProbeSet:

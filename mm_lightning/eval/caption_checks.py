@@ -21,8 +21,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -38,6 +37,7 @@ from mm_lightning.demo.emoji_scenes import PALETTE, Scene, SceneConfig, emoji_na
 from mm_lightning.demo.emoji_scenes import vocabulary as scene_vocabulary
 from mm_lightning.errors import ConfigError
 from mm_lightning.generation.caption import caption_images
+from mm_lightning.inference import evaluating
 from mm_lightning.losses import NextTokenLoss
 from mm_lightning.media.images import ImagePreprocessing, encode_image
 from mm_lightning.models.vlm import VLM
@@ -79,23 +79,6 @@ def build_scene_set(config: SceneConfig, count: int) -> SceneSet:
     scenes = tuple(generate_scene(config, "val", index) for index in range(count))
     names = tuple(emoji_name(sprite) for sprite in scene_vocabulary(config.vocab_size, config.seed))
     return SceneSet(scenes, tuple(render_scene(scene) for scene in scenes), names)
-
-
-@contextmanager
-def evaluating(model: torch.nn.Module) -> Iterator[None]:
-    """``model`` in eval mode and without gradients for the block, each submodule's mode restored after.
-
-    Per submodule, since a stage's ``vlm`` is a new view whose own flag need not match its backbones' (the frozen
-    LLM of the alignment stage stays in eval mode while the rest trains).
-    """
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 # ---- image-use gap ----------------------------------------------------------------------------------------------

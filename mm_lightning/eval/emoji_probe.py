@@ -52,6 +52,7 @@ from mm_lightning.demo.emoji_scenes import (
     vocabulary,
 )
 from mm_lightning.errors import ConfigError
+from mm_lightning.inference import torch_threads
 from mm_lightning.media.images import PIXEL_MEAN, PIXEL_STD, image_patches
 from mm_lightning.ops.patches import pack_patches
 
@@ -142,12 +143,8 @@ def _preprocess(images: list[Image.Image], patch_size: int, max_patches: int) ->
     Per-image ops are too small to share between threads: on a busy 2-core CPU, threads waiting for each other made
     this 50x slower (6 s instead of 0.1 s for 128 images).
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return [image_patches(image, patch_size, max_patches) for image in images]
-    finally:
-        torch.set_num_threads(threads)
 
 
 def build_probe_set(

@@ -36,6 +36,7 @@ from mm_lightning import tokenizer as tokenizer_lib
 from mm_lightning.demo.emoji_scenes import SceneConfig
 from mm_lightning.demo.long import LongDemo, generate_motion_clip, render_motion_frames, render_number_frame
 from mm_lightning.generation.decode import generate
+from mm_lightning.inference import evaluating
 from mm_lightning.media.images import image_patches
 from mm_lightning.media.interleave import MixSample
 from mm_lightning.models.vlm import expand_image_placeholders
@@ -189,7 +190,8 @@ def passkey_accuracy(
         ``{length: accuracy in [0, 1]}``.
     """
     results = {}
-    with _evaluating(model) as device, _last_position_logits(model):
+    device = next(model.parameters()).device
+    with evaluating(model), _last_position_logits(model):
         for length in lengths:
             batch = build_passkey_prompts(tokenizer, length, prompts, seed)
             rows = max(1, batch_tokens // length)
@@ -204,17 +206,6 @@ def _decode_hits(model: torch.nn.Module, tokenizer, prompts: list[PasskeyPrompt]
     input_ids = torch.tensor([p.token_ids for p in prompts], device=device)  # [B, length]
     new = generate(model, input_ids, max(len(p.answer_ids) for p in prompts) + 1, greedy=True)  # [B, T_new]
     return [_retrieved(tokenizer, row.tolist(), p.passkey) for row, p in zip(new, prompts)]
-
-
-@contextmanager
-def _evaluating(model: torch.nn.Module) -> Iterator[torch.device]:
-    """``model`` in eval mode for the block, its mode restored after; yields the model's device."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield next(model.parameters()).device
-    finally:
-        model.train(was_training)
 
 
 @contextmanager
@@ -312,7 +303,8 @@ def video_passkey_accuracy(
         ``{num_frames: accuracy in [0, 1]}``.
     """
     results = {}
-    with _evaluating(vlm) as device, _last_position_logits(vlm.llm):
+    device = next(vlm.parameters()).device
+    with evaluating(vlm), _last_position_logits(vlm.llm):
         for count in frame_counts:
             hits = []
             for depth in spread_depths(prompts):

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from mm_lightning import tokenizer as tokenizer_lib
 from mm_lightning.generation.decode import generate
+from mm_lightning.inference import evaluating
 from mm_lightning.media.images import ImagePreprocessing, pil_to_pixels
 from mm_lightning.models.vlm import VLM, expand_image_placeholders
 from mm_lightning.ops.patches import image_to_patches, pack_patches
@@ -59,9 +60,7 @@ def caption_images(vlm: VLM, tokenizer, images: Sequence[Image.Image | Tensor], 
     forward passes (each text still ends at its first end of document): ranks that share FSDP2 collectives then run
     the same number whatever they decode.
     """
-    was_training = vlm.training
-    vlm.eval()
-    try:
+    with evaluating(vlm):
         prompts = [image_prompt(vlm, image, preprocessing) for image in images]  # [1, T_i, d] each
         by_length: dict[int, list[int]] = {}
         for index, prompt in enumerate(prompts):
@@ -76,5 +75,3 @@ def caption_images(vlm: VLM, tokenizer, images: Sequence[Image.Image | Tensor], 
                 for index, row in zip(chunk, new.tolist(), strict=True):
                     captions[index] = decode_text(tokenizer, row)
         return captions
-    finally:
-        vlm.train(was_training)

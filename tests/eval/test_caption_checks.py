@@ -9,7 +9,6 @@ import torch
 from helpers.colour_task import COCA, VIT, ColourData
 
 from mm_lightning.callbacks import CaptionChecks
-from mm_lightning.callbacks.caption_checks import torch_threads
 from mm_lightning.data.caption_rows import caption_rows
 from mm_lightning.data.synthetic import SyntheticTextDataModule
 from mm_lightning.demo.emoji_scenes import (
@@ -37,6 +36,7 @@ from mm_lightning.eval.caption_checks import (
     scene_config,
 )
 from mm_lightning.generation.caption import caption_images
+from mm_lightning.inference import torch_threads
 from mm_lightning.losses import NextTokenLoss
 from mm_lightning.media.images import ImagePreprocessing, encode_image
 from mm_lightning.models.registry import build_backbone
