@@ -1,5 +1,8 @@
 """One attention interface, several backends: PyTorch SDPA (everywhere) and xformers (CUDA only).
 
+On SDPA, packed sequences attend document by document (``ops/varlen.py``) whenever that is cheaper than one
+dense block-diagonal mask over the whole row, which is always the case for packed images of similar size.
+
 ``attention(q, k, v, causal=..., seq_ids=..., backend=...)`` takes heads-first tensors, grouped-query
 keys/values and optional packed-sequence ids (see ``ops/packing.py``). xformers is imported lazily and
 only on a CUDA device: on a machine without CUDA it is never imported (it warns and has no CPU kernels).
@@ -19,6 +22,7 @@ from torch import Tensor
 
 from mm_lightning.errors import ConfigError
 from mm_lightning.ops.packing import dense_mask_from_seq_ids, seqlens_from_seq_ids
+from mm_lightning.ops.varlen import plan_segments, segmented_attention
 
 AttentionBackend = Literal["auto", "sdpa", "xformers"]
 BACKENDS = ("auto", "sdpa", "xformers")
@@ -103,6 +107,9 @@ def _sdpa_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, seq_ids: T
     gqa = q.shape[1] != k.shape[1]
     if seq_ids is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
+    plan = plan_segments(seq_ids, causal)
+    if plan is not None:  # attend within each document: skips the masked-out blocks of the dense mask
+        return segmented_attention(q, k, v, plan)
     mask = dense_mask_from_seq_ids(seq_ids, causal=causal)  # [B, 1, T, T]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
