@@ -12,10 +12,13 @@ fake a document boundary; special tokens enter a sequence only by id.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from mm_lightning.errors import MMLightningError
 
 EOD_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
@@ -30,6 +33,11 @@ IMAGE_SPAN = (IMAGE_START_ID, IMAGE_ID, IMAGE_END_ID)
 
 _NUM_BYTES = 256
 MIN_VOCAB_SIZE = len(SPECIAL_TOKENS) + _NUM_BYTES
+_WHAT_TO_PASS = "pass the tokenizer.json that `mm-lightning prepare text` wrote"
+
+
+class TokenizerError(MMLightningError, ValueError):
+    """A tokenizer file that is not a ``tokenizers`` JSON, or whose special tokens are not at ids 0..4."""
 
 
 def build_empty_tokenizer() -> Tokenizer:
@@ -89,22 +97,41 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No tokenizer file at {path}")
-    return tokenizer_from_str(path.read_text(encoding="utf-8"), source=str(path))
+    try:
+        json_text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise TokenizerError(f"{path} is not a tokenizer.json (not UTF-8 text); {_WHAT_TO_PASS}") from None
+    return tokenizer_from_str(json_text, source=str(path))
 
 
 def tokenizer_from_str(json_text: str, source: str = "<string>") -> Tokenizer:
-    """Like :func:`load_tokenizer`, from the JSON text of a ``tokenizer.json`` (e.g. read from a bucket)."""
-    tok = Tokenizer.from_str(json_text)
+    """Like :func:`load_tokenizer`, from the JSON text of a ``tokenizer.json`` (e.g. read from a bucket).
+
+    Raises:
+        TokenizerError: the text is not JSON, not a ``tokenizers`` file, or its special tokens are elsewhere.
+    """
+    try:
+        tok = Tokenizer.from_str(json_text)
+    except Exception as error:  # tokenizers raises a bare Exception for any text it cannot read
+        raise TokenizerError(f"{source} is not a tokenizer.json ({_why_unreadable(json_text, error)}); {_WHAT_TO_PASS}")
     _check_special_ids(tok, source=source)
     tok.encode_special_tokens = True
     return tok
+
+
+def _why_unreadable(json_text: str, error: Exception) -> str:
+    try:
+        json.loads(json_text)
+    except json.JSONDecodeError as not_json:
+        return f"not JSON: {not_json}"
+    return f"JSON, but not a Hugging Face tokenizers file: {' '.join(str(error).split())}"
 
 
 def _check_special_ids(tok: Tokenizer, source: str) -> None:
     for expected_id, token in enumerate(SPECIAL_TOKENS):
         found = tok.token_to_id(token)
         if found != expected_id:
-            raise ValueError(
+            raise TokenizerError(
                 f"{source}: special token {token!r} must have id {expected_id}, found {found}. "
                 f"mm_lightning needs the special tokens {list(SPECIAL_TOKENS)} at ids 0..4."
             )
