@@ -19,8 +19,9 @@ import torch
 from mm_lightning import tokenizer as tokenizer_lib
 from mm_lightning.checkpoint import image_preprocessing, load_backbone, load_vlm
 from mm_lightning.demo import demo_tokenizer
+from mm_lightning.errors import ConfigError
 from mm_lightning.generation.caption import decode_text, image_prompt
-from mm_lightning.generation.decode import generate
+from mm_lightning.generation.decode import check_sampling, generate
 from mm_lightning.media.images import decode_image
 
 
@@ -31,9 +32,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--prompt", default="", help="text after the image (or alone)")
     parser.add_argument("--tokenizer", help="tokenizer.json (default: the demo corpus tokenizer)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int)
-    parser.add_argument("--top-p", type=float)
+    parser.add_argument("--temperature", type=float, default=1.0, help="with --sample: >= 0 (0 is greedy)")
+    parser.add_argument("--top-k", type=int, help="with --sample: keep the k most likely tokens (k >= 1)")
+    parser.add_argument("--top-p", type=float, help="with --sample: keep this probability mass, in (0, 1]")
     parser.add_argument("--sample", action="store_true", help="sample (top-k/top-p) instead of greedy decoding")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
@@ -55,6 +56,9 @@ def prompt_embeddings(args: argparse.Namespace, tokenizer) -> tuple[torch.nn.Mod
 def run(argv: list[str]) -> str:
     """Generate and return the decoded continuation (special tokens left out)."""
     args = parse_args(argv)
+    check_sampling(args.temperature, args.top_k, args.top_p)  # before loading anything
+    if args.max_new_tokens < 0:
+        raise ConfigError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     tokenizer = tokenizer_lib.load_tokenizer(args.tokenizer or demo_tokenizer())
     with torch.no_grad():
         llm, embeds = prompt_embeddings(args, tokenizer)

@@ -8,14 +8,33 @@ with image features spliced in; the new tokens are then embedded with ``model.em
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
+
+from mm_lightning.errors import ConfigError
+
+
+def check_sampling(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> None:
+    """Refuse sampling options that keep no token or flip the distribution, with a ``ConfigError`` that says why.
+
+    Args:
+        temperature: finite and ``>= 0`` (``0`` is greedy).
+        top_k: ``None`` or at least 1.
+        top_p: ``None`` or in ``(0, 1]``.
+    """
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ConfigError(f"temperature must be a finite number >= 0 (0 decodes greedily), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ConfigError(f"top_k must be at least 1 (it keeps the k most likely tokens), got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ConfigError(f"top_p must be in (0, 1] (it keeps that much probability mass), got {top_p}")
 
 
 def top_k_filter(logits: Tensor, k: int) -> Tensor:
     """Set all but the ``k`` largest logits of each row to ``-inf``. ``[B, V] -> [B, V]``."""
-    if k <= 0:
-        raise ValueError(f"top_k must be positive, got {k}")
+    check_sampling(top_k=k)
     kth_largest = torch.topk(logits, min(k, logits.shape[-1]), dim=-1).values[:, -1:]  # [B, 1]
     return logits.masked_fill(logits < kth_largest, float("-inf"))
 
@@ -30,8 +49,7 @@ def top_p_filter(logits: Tensor, p: float) -> Tensor:
     Returns:
         ``[B, V]`` logits with the tokens outside the nucleus set to ``-inf``; the top token always stays.
     """
-    if not 0 < p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {p}")
+    check_sampling(top_p=p)
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # [B, V]
     sorted_probs = sorted_logits.softmax(dim=-1)
     mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # [B, V] mass of the more likely tokens
@@ -61,11 +79,13 @@ def sample_next_token(
 
     Returns:
         ``[B]`` int64 token ids.
+
+    Raises:
+        ConfigError: an invalid option (:func:`check_sampling`), also when decoding greedily.
     """
+    check_sampling(temperature, top_k, top_p)
     if greedy or temperature == 0:
         return logits.argmax(dim=-1)
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
     logits = logits.float() / temperature
     if top_k is not None:
         logits = top_k_filter(logits, top_k)
@@ -110,9 +130,13 @@ def generate(
 
     Returns:
         ``[B, T_new]`` new token ids, ``T_new <= max_new_tokens``.
+
+    Raises:
+        ConfigError: an invalid sampling option (:func:`check_sampling`), before any forward pass.
     """
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
+    check_sampling(temperature, top_k, top_p)
     prompt = input_ids if input_ids is not None else inputs_embeds
     batch, prompt_len = prompt.shape[:2]
     if max_new_tokens <= 0:
