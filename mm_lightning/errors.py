@@ -60,6 +60,15 @@ def find_user_error(error: BaseException) -> MMLightningError | None:
     return None
 
 
+def one_line(message: str) -> str:
+    """``message`` on one line: its lines stripped and joined, by a space after a colon and by ``"; "`` otherwise."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    joined = lines[0] if lines else ""
+    for line in lines[1:]:
+        joined += (" " if joined.endswith(":") else "; ") + line
+    return joined
+
+
 def run_command(prog: str, command: Callable[[], object]) -> int:
     """Run ``command`` under the exit-code policy above and return its exit code.
 
@@ -79,7 +88,7 @@ def run_command(prog: str, command: Callable[[], object]) -> int:
         user_error = find_user_error(error) or (error if isinstance(error, OSError) else None)
         if user_error is None:
             raise
-        message = str(user_error).strip() or type(user_error).__name__
+        message = one_line(str(user_error)) or type(user_error).__name__
         print(f"{prog}: error: {message}", file=sys.stderr)  # a user's mistake: one line, no traceback
         return USER_ERROR
     return result if isinstance(result, int) else 0

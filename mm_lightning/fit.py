@@ -53,7 +53,7 @@ def check_fit_config(path: Path) -> None:
             seed_everything_default=False,
         )  # fmt: skip
     except Exception as error:  # jsonargparse's ArgumentError, or a project error raised while resolving
-        message = str(find_user_error(error) or error).splitlines()[0]
+        message = str(find_user_error(error) or error)  # all of it: run_command prints one line
         raise ConfigError(f"the composed config does not parse: {message}") from None
 
 
