@@ -57,6 +57,7 @@ from mm_lightning.prep.text import (
     START_METHOD,
     CorpusScan,
     WorkItem,
+    output_folder,
     read_split_stats,
     split_work,
     write_prep_summary,
@@ -184,11 +185,12 @@ def prepare_image_text_shards(
         The summary also written to ``prep_summary.json``.
 
     Raises:
-        ImagePrepError: nothing usable in the inputs, a bad pair under ``strict``, or an occupied output.
+        ImagePrepError: nothing usable in the inputs, a bad pair under ``strict``, or an occupied or remote output.
     """
+    out = output_folder(output_dir, ImagePrepError)
     if not 0.0 <= val_fraction < 1.0 or max_side < 1:
         raise ImagePrepError(f"need 0 <= val_fraction < 1 and max_side >= 1, got {val_fraction} and {max_side}")
-    start, out = time.perf_counter(), Path(output_dir)
+    start = time.perf_counter()
     existing = existing_outputs(IMAGE_KIND, out, overwrite, ("tokenizer.json", *PREPARED_NAMES))
     tok = tokenizer_lib.load_tokenizer(tokenizer) if tokenizer is not None else None
     workers = count_workers(num_workers)

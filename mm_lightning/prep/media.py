@@ -42,6 +42,7 @@ from mm_lightning.prep.text import (
     MAX_REPORTED,
     SPLITS,
     START_METHOD,
+    output_folder,
     read_split_stats,
     split_of,
     unit_hash,
@@ -258,11 +259,12 @@ def prepare_media_shards(
         The summary also written to ``prep_summary.json`` (``options`` included).
 
     Raises:
-        ``kind.error``: no usable items (or only one), a bad item under ``strict``, or an occupied output.
+        ``kind.error``: no usable items (or only one), a bad item under ``strict``, or an occupied or remote output.
     """
+    out = output_folder(output_dir, kind.error)
     if not 0.0 <= run.val_fraction < 1.0:
         raise kind.error(f"val_fraction must be in [0, 1), got {run.val_fraction}")
-    start, out = time.perf_counter(), Path(output_dir)
+    start = time.perf_counter()
     existing = existing_outputs(kind, out, run.overwrite)
     sources = kind.find_sources(inputs)
     skipped = {split: Counter() for split in SPLITS}

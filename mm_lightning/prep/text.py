@@ -60,6 +60,20 @@ _ENCODE_BATCH = 256
 START_METHOD = os.environ.get("MM_LIGHTNING_PREP_START_METHOD") or ("fork" if sys.platform == "linux" else "spawn")
 
 
+def output_folder(output_dir: str | Path, error: type[Exception]) -> Path:
+    """``output_dir`` as the local folder every preparation writes; a URL (``s3://...``) is refused with ``error``.
+
+    The shards, ``tokenizer.json`` and ``prep_summary.json`` are written with local file operations (a URL would
+    become a local folder named ``s3:``), so remote data is prepared locally and then copied to its bucket.
+    """
+    if "://" in str(output_dir):
+        raise error(
+            f"the output {output_dir} is a URL, but preparation writes to a local folder: prepare into a local "
+            f"folder, then copy it to {output_dir} (aws s3 sync, gcloud storage rsync, ...) to stream it from there"
+        )
+    return Path(output_dir)
+
+
 def split_of(key: str, index: int, val_fraction: float) -> str:
     """The split of record ``index`` of file ``key``: a stable hash compared with ``val_fraction``."""
     return "val" if unit_hash(key, index) < val_fraction else "train"
@@ -208,7 +222,7 @@ def prepare_text_shards(
     Args:
         inputs: files or folders (searched recursively) of .txt, .jsonl, .parquet (.txt.gz, .jsonl.gz too).
             A .txt file is one document; a .jsonl line or a parquet row is one document.
-        output_dir: a local folder; it must not hold prepared data already unless ``overwrite``.
+        output_dir: a local folder (not a URL); it must not hold prepared data already unless ``overwrite``.
         tokenizer: a ``tokenizer.json`` to use (copied to the output); trained on the corpus when ``None``.
         vocab_size: the size of the trained tokenizer (ignored when ``tokenizer`` is given).
         text_field: the text key of .jsonl records and the text column of .parquet files.
@@ -225,14 +239,14 @@ def prepare_text_shards(
         The summary also written to ``prep_summary.json``.
 
     Raises:
-        TextPrepError: nothing usable in the inputs, a bad record under ``strict``, or an occupied output.
+        TextPrepError: nothing usable in the inputs, a bad record under ``strict``, or an occupied or remote output.
     """
+    out = output_folder(output_dir, TextPrepError)
     if not 0.0 <= val_fraction < 1.0:
         raise TextPrepError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if chunk_tokens < 1:
         raise TextPrepError(f"chunk_tokens must be positive, got {chunk_tokens}")
     start = time.perf_counter()
-    out = Path(output_dir)
     existing = _existing_outputs(out, overwrite)
     scan = CorpusScan(find_source_files(inputs), text_field, val_fraction)
     reporter = _Reporter(strict, report or (lambda msg: tqdm.write(msg, file=sys.stderr)))
