@@ -30,6 +30,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from mm_lightning import tokenizer as tokenizer_lib
+from mm_lightning.media.images import png_compatible
 from mm_lightning.prep.image_readers import (
     SKIP_REASONS,
     STORED_FORMATS,
@@ -120,6 +121,8 @@ def resize_to_max_side(data: bytes, max_side: int) -> bytes:
             image = image.resize(size, Image.Resampling.LANCZOS)
         if fmt == "JPEG" and image.mode not in ("RGB", "L"):
             image = image.convert("RGB")
+        elif fmt == "PNG":
+            image = png_compatible(image)  # CMYK, 32-bit and float TIFFs, ...
         buffer = io.BytesIO()
         image.save(buffer, fmt, **({"quality": 95} if fmt == "JPEG" else {}))
     return buffer.getvalue()
