@@ -152,3 +152,51 @@ def load_state_dict_strict(module: nn.Module, state: dict[str, Any], source: str
 def _abbreviate(keys: list[str], limit: int = 8) -> str:
     shown = ", ".join(keys[:limit])
     return f"[{shown}{f', ... {len(keys) - limit} more' if len(keys) > limit else ''}]"
+
+
+_RUNTIME_FIELDS = {"attn_backend", "rope_base"}  # how a backbone runs, or what RoPEBaseSwitch sets during a stage
+_TRAINING_ARGS = ("optimizer", "schedule")
+
+
+def check_checkpoint_fits(model: nn.Module, path: str | Path, resuming: bool) -> None:
+    """Refuse a ``--ckpt_path`` that does not fit the model the config built, naming what differs.
+
+    The checkpoint must be a readable stage checkpoint of the same stage class with the same backbone architectures.
+    When ``resuming`` (``fit``), its optimizer and schedule arguments must also be the config's: a resume restores
+    the optimizer's state and the LR schedule from the checkpoint, so a changed learning rate would be dropped.
+
+    Raises:
+        CheckpointError: with one line saying what differs and what to do.
+    """
+    checkpoint = load_checkpoint(path)
+    meta = checkpoint_meta(checkpoint, path)
+    stage = type(model).__name__
+    if meta.get("stage") != stage:
+        raise CheckpointError(
+            f"{path} is a {meta.get('stage')} checkpoint, but the config builds a {stage}; pass a checkpoint of this "
+            "stage, or the config of the stage that wrote it"
+        )
+    differences = []
+    built = {kind: dataclasses.asdict(module.config) for kind, module in model.backbones().items()}
+    for kind, saved in meta.get("backbones", {}).items():
+        config = built.get(kind, {})
+        differences += [
+            f"{kind}.{name} {saved[name]!r} there, {config.get(name)!r} here"
+            for name in sorted(saved) if name not in _RUNTIME_FIELDS and to_plain(config.get(name)) != saved[name]
+        ]  # fmt: skip
+    if differences:
+        raise CheckpointError(f"{path} does not fit the model the config builds: {'; '.join(differences)}")
+    if not resuming:
+        return
+    saved_args, config_args = checkpoint.get("hyper_parameters", {}), to_plain(dict(getattr(model, "hparams", {})))
+    groups = [g for g in _TRAINING_ARGS if isinstance(saved_args.get(g), dict) and isinstance(config_args.get(g), dict)]
+    changed = [
+        f"{group}.{name} {saved_args[group].get(name)!r} there, {value!r} here"
+        for group in groups for name, value in config_args[group].items() if saved_args[group].get(name) != value
+    ]  # fmt: skip
+    if changed:
+        raise CheckpointError(
+            f"resuming from {path} keeps the optimizer state and LR schedule it trained with, but the config changes "
+            f"them ({'; '.join(changed)}); resume with the values it trained with, or start a fresh run "
+            "(no --ckpt_path) with the new ones"
+        )

@@ -4,6 +4,7 @@ from mm_lightning.callbacks.caption_checks import CaptionChecks
 from mm_lightning.callbacks.emoji_probe import EmojiIdentityProbe
 from mm_lightning.callbacks.lr_schedule import LRSchedulerResume, ReWarmup
 from mm_lightning.callbacks.mixing import ProgressiveMixing
+from mm_lightning.callbacks.nonfinite import NonFiniteGuard
 from mm_lightning.callbacks.passkey import PasskeyEvaluation
 from mm_lightning.callbacks.rope_switch import RoPEBaseSwitch
 from mm_lightning.callbacks.stage_checkpoint import StageCheckpoint
@@ -13,6 +14,7 @@ __all__ = [
     "CaptionChecks",
     "EmojiIdentityProbe",
     "LRSchedulerResume",
+    "NonFiniteGuard",
     "PasskeyEvaluation",
     "ProgressiveMixing",
     "ReWarmup",

@@ -11,7 +11,16 @@ only does so when nothing was saved during the run, so a ``max_steps`` that the 
 divide left ``last.ckpt`` at the last interval, and the pipeline counted the stage as unfinished.
 
 Its defaults are the stages' checkpoint policy (``step{step}`` names, every file kept, ``last.ckpt``), so a stage
-config gives only ``dirpath`` and ``every_n_train_steps``.
+config gives only ``dirpath`` and ``every_n_train_steps``. A name is never versioned (``last-v1.ckpt``): a step's
+file is that step's state, and ``last.ckpt`` is always the newest, also in a run folder that was moved.
+
+In ``fit`` it also keeps the folder safe:
+
+- every file is written whole or not at all (:class:`~mm_lightning.atomic_io.AtomicCheckpointIO`: a temporary
+  file beside the target, fsynced, renamed), and temporary files of dead writers are removed;
+- one process at a time: the folder's lock (:class:`~mm_lightning.run_lock.RunLock`) names the holder;
+- a fresh run (no ``--ckpt_path``) is refused where checkpoints of an earlier run already lie, which it would
+  overwrite; the message says how to resume that run or where else to write.
 """
 
 from __future__ import annotations
@@ -21,7 +30,12 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
+
+from mm_lightning.atomic_io import AtomicCheckpointIO, copy_file, is_local, remove_orphans
+from mm_lightning.errors import ConfigError
+from mm_lightning.run_lock import RunLock
 
 
 class StageCheckpoint(ModelCheckpoint):
@@ -44,6 +58,7 @@ class StageCheckpoint(ModelCheckpoint):
         auto_insert_metric_name: bool = False,
         save_top_k: int = -1,
         save_last: bool | Literal["link"] | None = True,
+        enable_version_counter: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -52,12 +67,46 @@ class StageCheckpoint(ModelCheckpoint):
             auto_insert_metric_name=auto_insert_metric_name,
             save_top_k=save_top_k,
             save_last=save_last,
+            enable_version_counter=enable_version_counter,
             **kwargs,
         )
+        self.trained = False
+        self._lock: RunLock | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         self._stage_trainer = trainer
+        if stage != "fit" or self.dirpath is None or not is_local(self.dirpath):
+            return
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default: swap in the atomic one
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        if trainer.is_global_zero:
+            folder = Path(self.dirpath)
+            self._lock = RunLock(folder, "checkpoint folder").acquire()
+            remove_orphans(folder)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        super().teardown(trainer, pl_module, stage)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.trained = True
+        # here, not in setup: only now does the trainer know (under every strategy) whether it resumed
+        if trainer.is_global_zero and trainer.ckpt_path is None and self.dirpath and is_local(self.dirpath):
+            _refuse_overwrite(Path(self.dirpath))
+        super().on_train_start(trainer, pl_module)
+
+    def write_last_from(self, trainer: pl.Trainer, source: str | Path) -> Path | None:
+        """Make ``last.ckpt`` a copy of ``source`` (a resumed run that had no step left to train), on rank zero."""
+        if not self.save_last or self.dirpath is None:
+            return None
+        target = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
+        if trainer.is_global_zero and Path(source).resolve() != target.resolve():
+            copy_file(source, target)
+        trainer.strategy.barrier("stage_checkpoint_last")
+        return target
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.save_last and self._last_global_step_saved != trainer.global_step:
@@ -70,3 +119,14 @@ class StageCheckpoint(ModelCheckpoint):
             offset = getattr(trainer.lightning_module, "global_step_offset", 0)
             metrics = {**metrics, "step": torch.tensor(offset + trainer.global_step)}
         return super().format_checkpoint_name(metrics, *args, **kwargs)
+
+
+def _refuse_overwrite(folder: Path) -> None:
+    existing = sorted(path.name for path in folder.glob("*.ckpt"))
+    if existing:
+        shown = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+        raise ConfigError(
+            f"{folder} already holds checkpoints of an earlier run ({shown}), which a fresh run would overwrite; "
+            f"continue that run with --ckpt_path {folder / 'last.ckpt'}, or move the folder away, or write elsewhere "
+            "(the StageCheckpoint callback's dirpath in the config)"
+        )

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from mm_lightning.callbacks.nonfinite import NONFINITE_EXIT_CODE
 from mm_lightning.checkpoint import checkpoint_meta, load_checkpoint
 from mm_lightning.errors import ConfigError, Stopped, Terminated
 from mm_lightning.fit import check_fit_config
@@ -31,6 +32,7 @@ from mm_lightning.pipeline.plan import StagePlan, plan_pipeline
 from mm_lightning.pipeline.report import format_summary, write_report
 from mm_lightning.pipeline.scene_grid import write_caption_grid
 from mm_lightning.pipeline.spec import PipelineSpec, StagePaths, get_at, stage_paths
+from mm_lightning.run_lock import RunLock
 
 VERDICT_TIMEOUT_S = 900  # how long other ranks wait for rank zero to record a stage's outcome
 
@@ -42,15 +44,34 @@ class PipelineStopped(Stopped):
 def run_pipeline(
     spec: PipelineSpec, only: list[str] | None = None, redo: list[str] | None = None, dry_run: bool = False
 ) -> Manifest:
-    """Run the plan; returns the manifest (also in ``<run_dir>/manifest.json``). ``dry_run`` only prints it."""
+    """Run the plan; returns the manifest (also in ``<run_dir>/manifest.json``). ``dry_run`` only prints it.
+
+    Every stage's composed config is checked first, writing nothing; then rank zero takes the run folder's lock for
+    the whole run (a second pipeline on the same folder stops at once) and plans again under it.
+    """
+    manifest, plans = _checked_plan(spec, only, redo)
+    if dry_run:
+        print_plan(spec, plans)
+        return manifest
+    if not is_rank_zero():
+        return _run_plans(spec, manifest, plans, redo)
+    with RunLock(spec.run_dir, "pipeline run folder"):
+        manifest, plans = _checked_plan(spec, only, redo)  # what another run may have changed meanwhile
+        return _run_plans(spec, manifest, plans, redo)
+
+
+def _checked_plan(
+    spec: PipelineSpec, only: list[str] | None, redo: list[str] | None
+) -> tuple[Manifest, list[StagePlan]]:
     manifest = Manifest.load_or_create(spec)
     plans = plan_pipeline(spec, manifest, only, redo)
     for plan in plans:  # a typo in a late stage's overrides is caught now, not hours into the run
         if plan.action != "skip":
             check_composed_config(plan)
-    if dry_run:
-        print_plan(spec, plans)
-        return manifest
+    return manifest, plans
+
+
+def _run_plans(spec: PipelineSpec, manifest: Manifest, plans: list[StagePlan], redo: list[str] | None) -> Manifest:
     _stop_on_sigterm()
     for plan in plans:
         _say(plan.header)
@@ -136,8 +157,14 @@ def run_stage(spec: PipelineSpec, plan: StagePlan, manifest: Manifest, redo_give
     if problem:
         manifest.stop_stage(plan.stage.name, problem)
         again = "run the same command without --redo" if redo_given else "run the same command again"
-        advice = "fix its config, then run the same command again" if exit_code == 2 else (
-            f"{again} to continue it from its newest checkpoint")  # fmt: skip
+        if exit_code == 2:
+            advice = "fix its config, then run the same command again"
+        elif exit_code == NONFINITE_EXIT_CODE:
+            advice = (
+                f"lower its learning rate in the pipeline file, then run the same command with --redo {plan.stage.name}"
+            )
+        else:
+            advice = f"{again} to continue it from its newest checkpoint"
         raise PipelineStopped(f"stage {plan.stage.name!r} {problem}; {advice}.", _exit_status(exit_code))
     record_finished_stage(manifest, plan.stage, plan.config, paths, meta)
 
@@ -212,6 +239,8 @@ def _outcome(plan: StagePlan, final: Path, exit_code: int) -> tuple[str, dict]:
         return f"was killed by {signal.Signals(-exit_code).name} (out of memory, or killed from outside?)", {}
     if exit_code == 2:
         return "refused its config (exit code 2; the message is above)", {}
+    if exit_code == NONFINITE_EXIT_CODE:
+        return "stopped on a NaN or infinite loss (exit code 3; the message is above)", {}
     if exit_code != 0:
         return f"failed (exit code {exit_code}; its messages are above)", {}
     if not final.is_file():
