@@ -10,6 +10,7 @@ what the checkpoint its ViT came from recorded), so ``generate`` and the evaluat
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any
 
 import lightning.pytorch as pl
@@ -18,12 +19,17 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
 from mm_lightning.checkpoint import META_KEY, to_plain
-from mm_lightning.errors import ConfigError
+from mm_lightning.errors import ConfigError, DataError
 from mm_lightning.handoff import optimizer_param_names
 from mm_lightning.media.images import ImagePreprocessing
 from mm_lightning.optim import OptimizerConfig, build_optimizer
 from mm_lightning.parallel import parallelize
 from mm_lightning.schedules import LRSchedule, build_lr_scheduler, check_table
+
+TOKEN_ID_KEYS = ("input_ids", "caption_ids")
+"""The batch keys holding token ids that index the model's embedding."""
+# Lightning warns whenever a module implements this hook and a datamodule is passed, as every stage does by design
+warnings.filterwarnings("ignore", message="You have overridden `on_before_batch_transfer` in `LightningModule` but")
 
 
 class StageModule(pl.LightningModule):
@@ -55,6 +61,7 @@ class StageModule(pl.LightningModule):
         self.tokens_seen = 0
         self.flops_per_batch = 0.0  # read by Lightning's ThroughputMonitor for MFU
         self.inherited_image_preprocessing: ImagePreprocessing | None = None  # set by stages that load a ViT
+        self.model_vocab_size: int | None = None  # set by check_vocab_fits; every batch's token ids must be below
         self._parallelized = False
 
     def backbones(self) -> dict[str, nn.Module]:
@@ -101,13 +108,36 @@ class StageModule(pl.LightningModule):
         )
 
     def check_vocab_fits(self, model_vocab_size: int, overrides_field: str) -> None:
-        """Fail clearly when the datamodule's tokenizer has more tokens than the model's vocabulary."""
+        """Fail clearly when the datamodule's tokenizer has more tokens than the model's vocabulary (and, from then
+        on, when a batch holds a token id outside it: :meth:`on_before_batch_transfer`)."""
+        self.model_vocab_size = model_vocab_size
         data_vocab_size = getattr(self.trainer.datamodule, "vocab_size", None) if self._trainer else None
         if data_vocab_size is not None and data_vocab_size > model_vocab_size:
             raise ConfigError(
                 f"The data's tokenizer has {data_vocab_size} tokens but the model's vocab_size is {model_vocab_size}; "
                 f"set model.init_args.{overrides_field}.vocab_size >= {data_vocab_size}."
             )
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Refuse a batch whose token ids the model has no embedding for, while it is on the CPU (no device sync)."""
+        if self.model_vocab_size is not None and isinstance(batch, dict):
+            for key in TOKEN_ID_KEYS:
+                ids = batch.get(key)
+                if isinstance(ids, torch.Tensor) and ids.numel():
+                    low, high = torch.aminmax(ids)
+                    if low < 0 or high >= self.model_vocab_size:
+                        self._refuse_token_id(int(low if low < 0 else high))
+        return batch
+
+    def _refuse_token_id(self, token_id: int) -> None:
+        datamodule = self.trainer.datamodule if self._trainer else None
+        specs = getattr(datamodule, "specs", None) or []  # a mixture's sources
+        where = getattr(datamodule, "data_path", None) or ", ".join(str(spec.path) for spec in specs) or "the data"
+        raise DataError(
+            f"token id {token_id} in a batch of {where} is outside the model's vocabulary (vocab_size "
+            f"{self.model_vocab_size}): the data is corrupt or was tokenized with another tokenizer; prepare it again "
+            "with this run's tokenizer (mm-lightning prepare ... --tokenizer TOKENIZER.json --overwrite)"
+        )
 
     def checkpoint_metadata(self) -> dict[str, Any]:
         """The plain-data block a later stage reads: step, schedule, backbone configs, RoPE base, tokens."""
