@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import pickle
 import sys
 from pathlib import Path
 from typing import Any
@@ -55,10 +56,21 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist (or is a folder: pass the .ckpt file).")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"Checkpoint {path} is empty (0 bytes): a copy or save that was killed; use another one.")
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"Checkpoint {path} holds Python objects beyond tensors and plain data, which mm_lightning never loads "
+            "(a stage checkpoint has none): it is not a stage checkpoint, or it comes from elsewhere"
+        ) from None
     except Exception as error:
-        raise CheckpointError(f"Could not load checkpoint {path} safely (weights_only=True): {error}") from error
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0].split(". ")[0]
+        raise CheckpointError(
+            f"Checkpoint {path} cannot be read ({reason}): it is truncated (a save or copy that was killed) or not a "
+            "PyTorch checkpoint"
+        ) from None
 
 
 def checkpoint_meta(checkpoint: dict[str, Any], path: str | Path = "<checkpoint>") -> dict[str, Any]:
