@@ -10,6 +10,9 @@ Data flows ``raw files -> mm_lightning.prep -> litdata shards -> these datamodul
   ``sources``/``long_sources``: what a sample is, ``packing``: samples into rows);
 - :class:`SyntheticTextDataModule` (``synthetic.py``): deterministic random text for benchmarks and tests.
 
+Under several ranks a streamed split gives every rank as many full batches (``rank_split.py``), so no rank waits
+forever in a collective for one that has run out of batches.
+
 Every path resolves through one :class:`~mm_lightning.data.location.DataLocation` (folder, URL or ``demo:``
 name); the sample codecs shared with the offline preparation (images, video, documents) are in
 :mod:`mm_lightning.media`.

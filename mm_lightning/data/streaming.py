@@ -28,6 +28,7 @@ from litdata import StreamingDataLoader, StreamingDataset
 from tokenizers import Tokenizer
 
 from mm_lightning.data.location import DataLocation
+from mm_lightning.data.rank_split import even_loader, split_across_ranks
 from mm_lightning.errors import ConfigError, DataError
 
 # where litdata reads chunk bytes (not where it calls a dataset's transform): a failure there is the data's
@@ -195,12 +196,14 @@ class ShardDataModule(L.LightningDataModule):
                 raise ConfigError(describe(split, dataset, needed))
 
     def train_dataloader(self) -> ShardLoader:
-        """Shuffled, full batches only."""
-        return self._loader(self.train_dataset, drop_last=True)
+        """Shuffled, full batches only, as many on every rank."""
+        return even_loader(self._loader(self.train_dataset, drop_last=True), "train")
 
     def val_dataloader(self) -> ShardLoader | FirstBatches:
-        """In order; the first ``val_batches`` batches when that is set."""
-        loader = self._loader(self.val_dataset, drop_last=False)
+        """In order; the first ``val_batches`` batches when that is set. Split across ranks, full batches only, as
+        many on every rank (:mod:`~mm_lightning.data.rank_split`: a rank with one more would hang the others)."""
+        loader = self._loader(self.val_dataset, drop_last=split_across_ranks(self.val_dataset))
+        loader = even_loader(loader, "val")
         return loader if self.val_batches is None else FirstBatches(loader, self.val_batches)
 
     def _loader(self, dataset: StreamingDataset | None, drop_last: bool) -> ShardLoader:
