@@ -11,8 +11,9 @@ only does so when nothing was saved during the run, so a ``max_steps`` that the 
 divide left ``last.ckpt`` at the last interval, and the pipeline counted the stage as unfinished.
 
 Its defaults are the stages' checkpoint policy (``step{step}`` names, every file kept, ``last.ckpt``), so a stage
-config gives only ``dirpath`` and ``every_n_train_steps``. A name is never versioned (``last-v1.ckpt``): a step's
-file is that step's state, and ``last.ckpt`` is always the newest, also in a run folder that was moved.
+config gives only ``every_n_train_steps``; the folder follows the logger's name. A name is never versioned
+(``last-v1.ckpt``): a step's file is that step's state, and ``last.ckpt`` is always the newest, also in a run
+folder that was moved.
 
 In ``fit`` it also keeps the folder safe:
 
@@ -25,6 +26,7 @@ In ``fit`` it also keeps the folder safe:
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,7 +44,8 @@ class StageCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` (same arguments) whose ``{step}`` is the checkpoint's global step.
 
     Args:
-        dirpath: the folder of the checkpoint files.
+        dirpath: the folder of the checkpoint files; by default ``<save_dir>/<name>/checkpoints`` of the first logger
+            (``runs/text_pretrain_tiny/checkpoints``), so ``--trainer.logger.init_args.name`` names a new run.
         filename: ``step250.ckpt`` by default, on the global step (with ``auto_insert_metric_name`` off).
         auto_insert_metric_name: off, so that ``step{step}`` gives ``step250``, not ``step=250``.
         save_top_k: every periodic checkpoint is kept by default (there is no metric to rank them by).
@@ -74,6 +77,9 @@ class StageCheckpoint(ModelCheckpoint):
         self._lock: RunLock | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.dirpath is None and trainer.loggers and trainer.loggers[0].save_dir and trainer.loggers[0].name:
+            logger = trainer.loggers[0]  # <save_dir>/<name>/checkpoints: a run's name moves its logs and checkpoints
+            self.dirpath = os.path.join(logger.save_dir, str(logger.name), "checkpoints")
         super().setup(trainer, pl_module, stage)
         self._stage_trainer = trainer
         if stage != "fit" or self.dirpath is None or not is_local(self.dirpath):
@@ -127,6 +133,6 @@ def _refuse_overwrite(folder: Path) -> None:
         shown = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
         raise ConfigError(
             f"{folder} already holds checkpoints of an earlier run ({shown}), which a fresh run would overwrite; "
-            f"continue that run with --ckpt_path {folder / 'last.ckpt'}, or move the folder away, or write elsewhere "
-            "(the StageCheckpoint callback's dirpath in the config)"
+            f"continue that run with --ckpt_path {folder / 'last.ckpt'}, or move the folder away, or name a new run "
+            "with --trainer.logger.init_args.name NAME (its checkpoints go to <save_dir>/NAME/checkpoints)"
         )
