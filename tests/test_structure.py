@@ -30,6 +30,7 @@ LIGHTNING_FREE = (
     "mm_lightning.ops",
     "mm_lightning.losses",
     "mm_lightning.tokenizer",
+    "mm_lightning.chat",
 )
 LIGHTNING_ROOTS = ("lightning", "pytorch_lightning")
 

@@ -35,6 +35,10 @@ class MixSample:
     """Per token id, False = no loss on predicting it (prompts, image markers); ``None`` = loss on all."""
     source: str = ""
     """The name of the source it came from."""
+    eod_ends_document: bool = True
+    """Whether an EOD inside the sample ends a document (attention and positions restart after it, as between the
+    documents of a text block); False keeps the sample one sequence: a conversation, whose every assistant turn ends
+    with EOD (:mod:`mm_lightning.chat`)."""
 
 
 def interleave(tokenizer, texts: Sequence[str], n_images: int, eod: bool = True) -> list[int]:

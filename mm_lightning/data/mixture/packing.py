@@ -5,8 +5,10 @@ Each image's single ``<|image|>`` placeholder expands to the projector's token c
 ``n`` ids then occupies ``n - 1`` positions, inputs ``ids[:-1]`` and targets ``ids[1:]`` as in the text stage, and
 samples are placed first-fit into rows of ``seq_len`` positions. Within a row every sample is its own packed
 sequence, and an EOD input ends a document inside a sample too (text blocks hold several documents), so attention
-and positions restart there (:mod:`mm_lightning.ops.packing`). Images are listed in the reading order of their
-placeholders across the whole batch, the order :meth:`~mm_lightning.models.vlm.VLM.embed` fills them in.
+and positions restart there (:mod:`mm_lightning.ops.packing`), unless the sample is one sequence throughout
+(``MixSample.eod_ends_document`` False: a conversation, whose assistant turns each end with EOD). Images are listed in
+the reading order of their placeholders across the whole batch, the order :meth:`~mm_lightning.models.vlm.VLM.embed`
+fills them in.
 """
 
 from __future__ import annotations
@@ -127,6 +129,7 @@ def pack_samples(samples: list[MixSample], seq_len: int, merge_factor: int = 2, 
             input_ids[r, cursor : cursor + n] = inputs
             targets[r, cursor : cursor + n] = torch.tensor(ids[1:], dtype=torch.long).masked_fill(~wanted, IGNORE_INDEX)
             is_eod = (inputs == EOD_ID).long()  # a document ends at its EOD; the next token opens another
+            is_eod = is_eod if samples[j].eod_ends_document else torch.zeros_like(is_eod)
             seq_ids[r, cursor : cursor + n] = next_id + torch.cumsum(is_eod, 0) - is_eod
             next_id = int(seq_ids[r, cursor + n - 1]) + 1 if n else next_id
             cursor += n
