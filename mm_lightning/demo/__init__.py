@@ -1,11 +1,12 @@
 """The embedded demo data: corpora named ``demo:<name>``, built on first use from the packaged ``assets/``.
 
-Three families, each built the way its ``data_prep`` script would write real data, so the same readers serve both:
+Four families, each built the way its ``data_prep`` script would write real data, so the same readers serve both:
 
 - text (:mod:`~mm_lightning.demo.corpora`): ``demo:sotu``, ``demo:sotu-captions``;
 - image-text (:mod:`~mm_lightning.demo.emoji_scenes`): ``demo:emoji-scenes``;
 - long inputs (:mod:`~mm_lightning.demo.long`): ``demo:motion-clips``, ``demo:motion-clips-long``,
-  ``demo:long-docs``, ``demo:scene-docs``, ``demo:long-text``.
+  ``demo:long-docs``, ``demo:scene-docs``, ``demo:long-text``;
+- conversations for supervised fine-tuning (:mod:`~mm_lightning.demo.instructions`): ``demo:emoji-chat``.
 
 :func:`demo_folder` and :func:`demo_tokenizer` are the one resolver of demo names: datamodules, mixture sources,
 commands and evaluations all ask them. Nothing here imports Lightning.
@@ -25,6 +26,7 @@ from mm_lightning.demo.corpora import (
     image_demo_tokenizer,
     is_demo_name,
 )
+from mm_lightning.demo.instructions import DEMO_CHATS, ensure_demo_chat
 from mm_lightning.demo.long import LONG_DEMOS, ensure_long_demo
 from mm_lightning.errors import ConfigError
 
@@ -35,13 +37,14 @@ _FAMILIES: dict[str, tuple[dict, Callable[[str], Path]]] = {
     "text": (DEMO_TEXTS, ensure_demo_text),
     "image_text": (DEMO_IMAGE_TEXTS, ensure_demo_image_text),
     "long": (LONG_DEMOS, ensure_long_demo),
+    "chat": (DEMO_CHATS, ensure_demo_chat),
 }
 
 __all__ = ["DEFAULT_TOKENIZER_DEMO", "demo_family", "demo_folder", "demo_names", "demo_tokenizer", "is_demo_name"]
 
 
 def demo_names(family: str | None = None) -> list[str]:
-    """Every demo name (``demo:...``), or those of one family (``text``, ``image_text``, ``long``)."""
+    """Every demo name (``demo:...``), or those of one family (``text``, ``image_text``, ``long``, ``chat``)."""
     return [DEMO_PREFIX + n for f, (demos, _) in _FAMILIES.items() if family in (None, f) for n in demos]
 
 
@@ -59,8 +62,8 @@ def demo_folder(name: str, family: str | None = None) -> Path:
 
     Args:
         name: ``"demo:<name>"``.
-        family: the family the caller reads (``text``, ``image_text``, ``long``); another family's demo is refused,
-            naming the ones that fit.
+        family: the family the caller reads (``text``, ``image_text``, ``long``, ``chat``); another family's demo is
+            refused, naming the ones that fit.
     """
     found = demo_family(name)
     if family is not None and found != family:
