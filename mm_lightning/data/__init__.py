@@ -8,6 +8,9 @@ Data flows ``raw files -> mm_lightning.prep -> litdata shards -> these datamodul
 - :class:`MixtureDataModule` (``mixture_datamodule.py``): the joint stages' named sources mixed on a share
   schedule and packed into rows; its parts are in ``mixture/`` (``plan``: which source each sample comes from,
   ``sources``/``long_sources``: what a sample is, ``packing``: samples into rows);
+- :class:`ChatDataModule` (``chat.py``): conversations for supervised fine-tuning in the chat template
+  (:mod:`mm_lightning.chat`), packed into rows by the mixture's packing, with the val split's prompts and reference
+  answers for exact match;
 - :class:`SyntheticTextDataModule` (``synthetic.py``): deterministic random text for benchmarks and tests.
 
 Under several ranks a streamed split gives every rank as many full batches (``rank_split.py``), so no rank waits
@@ -18,9 +21,10 @@ name); the sample codecs shared with the offline preparation (images, video, doc
 :mod:`mm_lightning.media`.
 """
 
+from mm_lightning.data.chat import ChatDataModule
 from mm_lightning.data.image_text import ImageTextDataModule
 from mm_lightning.data.mixture_datamodule import MixtureDataModule
 from mm_lightning.data.synthetic import SyntheticTextDataModule
 from mm_lightning.data.text import TextDataModule
 
-__all__ = ["ImageTextDataModule", "MixtureDataModule", "SyntheticTextDataModule", "TextDataModule"]
+__all__ = ["ChatDataModule", "ImageTextDataModule", "MixtureDataModule", "SyntheticTextDataModule", "TextDataModule"]

@@ -32,7 +32,8 @@ class DataLocation:
 
     Args:
         path: a prepared folder, a URL, or ``"demo:<name>"``.
-        kind: the layout read: ``"text"`` (token shards with their ``tokenizer.json``) or ``"image_text"``.
+        kind: the layout read: ``"text"`` (token shards with their ``tokenizer.json``), ``"image_text"`` or
+            ``"chat"`` (conversations).
         tokenizer_path: a local ``tokenizer.json`` to use instead of the dataset's own.
         cache_dir: where litdata caches chunks of a remote dataset (litdata's default when ``None``).
     """
@@ -93,10 +94,11 @@ class DataLocation:
         return tokenizer_lib.load_tokenizer(Path(self.root) / "tokenizer.json")
 
     def prepare(self) -> None:
-        """Build a demo and its tokenizer (a prepared folder or URL needs nothing)."""
+        """Build a demo and its tokenizer unless one is given (a prepared folder or URL needs nothing)."""
         if self.is_demo:
             demo_folder(self.path, self.kind)
-            demo_tokenizer(self.path)
+            if self.tokenizer_path is None:
+                demo_tokenizer(self.path)
 
     def describe_split(self, split: str) -> str:
         """``N tokens in M chunks`` of a local token split, from its ``index.json``; a placeholder otherwise."""
@@ -125,17 +127,26 @@ def check_text_dir(root: Path) -> None:
 
 def check_image_text_dir(root: Path) -> None:
     """Refuse a local folder that lacks a piece of the prepared image-text layout, naming what is missing."""
+    _check_split_dirs(root, "image-text", "YOUR_PAIRS")
+
+
+def check_chat_dir(root: Path) -> None:
+    """Refuse a local folder that lacks a piece of the prepared conversation layout, naming what is missing."""
+    _check_split_dirs(root, "chat", "YOUR_CONVERSATIONS.jsonl")
+
+
+def _check_split_dirs(root: Path, kind: str, inputs: str) -> None:
     missing = [f"{s}/index.json" for s in ("train", "val") if not (root / s / "index.json").is_file()]
     if not root.is_dir():
         missing = ["the folder itself"]
     if missing:
         raise DataError(
-            f"{root} is not a prepared image-text dataset: missing {', '.join(missing)}. "
-            f"Create one with: mm-lightning prepare image-text YOUR_PAIRS --output {root}"
+            f"{root} is not a prepared {kind} dataset: missing {', '.join(missing)}. "
+            f"Create one with: mm-lightning prepare {kind} {inputs} --output {root}"
         )
 
 
-_LAYOUTS = {"text": check_text_dir, "image_text": check_image_text_dir}
+_LAYOUTS = {"text": check_text_dir, "image_text": check_image_text_dir, "chat": check_chat_dir}
 
 
 def read_remote_tokenizer(url: str) -> Tokenizer:
