@@ -26,7 +26,7 @@ COMMANDS = {
     "pipeline": ("mm_lightning.pipeline.cli:main", "run a pipeline file's stages in order, resumably"),
     "generate": ("mm_lightning.generation.cli:main", "generate text from a checkpoint, optionally about an image"),
     "evaluate": ("mm_lightning.eval.cli:main", "held-out text perplexity of stage checkpoints on the same rows"),
-    "prepare": ("mm_lightning.prep.cli:main", "turn raw text, image-text, video or PDFs into litdata shards"),
+    "prepare": ("mm_lightning.prep.cli:main", "turn raw text, image-text, video, PDFs or chats into litdata shards"),
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 

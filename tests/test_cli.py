@@ -33,7 +33,7 @@ FLAGS = {
         "--seed",
     ],  # fmt: skip
     "evaluate": ["--ckpt", "--data", "--seq-len", "--batch-size"],
-    "prepare": ["text", "image-text", "video", "docs"],
+    "prepare": ["text", "image-text", "video", "docs", "chat"],
 }
 
 
@@ -68,7 +68,8 @@ def test_prepare_subcommands_keep_their_flags(capsys: pytest.CaptureFixture) -> 
     expected = {"text": ["--tokenizer", "--vocab-size", "--text-field", "--chunk-tokens"],
                 "image-text": ["--image-field", "--caption-field", "--max-side", "--tokenizer"],
                 "video": ["--video-field", "--fps", "--max-frames", "--max-side"],
-                "docs": ["--dpi", "--max-pages", "--max-side"]}  # fmt: skip
+                "docs": ["--dpi", "--max-pages", "--max-side"],
+                "chat": ["--max-side", "--tokenizer"]}  # fmt: skip
     run_options = ["--output", "--val-fraction", "--strict", "--num-workers", "--overwrite", "--quiet"]
     for kind, flags in expected.items():
         text = help_text(capsys, "prepare", kind)

@@ -4,6 +4,7 @@
     mm-lightning prepare image-text PAIRS... --output data/my_pairs --tokenizer data/my_corpus/tokenizer.json
     mm-lightning prepare video CAPTIONS... --output data/my_videos [--fps 1 --max-frames 64]
     mm-lightning prepare docs PDFS... --output data/my_docs [--dpi 72 --max-pages 32]
+    mm-lightning prepare chat CONVERSATIONS.jsonl... --output data/my_chat --tokenizer data/my_corpus/tokenizer.json
 
 Every subcommand takes its inputs and ``--output``, its own options, then the same run options (``--val-fraction``,
 ``--strict``, ``--num-workers``, ``--overwrite``, ``--quiet``). Bad records are counted and skipped (``--strict``:
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from mm_lightning.prep.chat import prepare_chat_shards
 from mm_lightning.prep.docs import prepare_docs_shards
 from mm_lightning.prep.image_text import prepare_image_text_shards
 from mm_lightning.prep.media import PrepRun
@@ -53,7 +55,7 @@ def _subcommand(subparsers, name: str, help: str, inputs: str, output: str = "ou
 def build_parser(prog: str = "mm-lightning prepare") -> argparse.ArgumentParser:
     """The parser of every ``prepare`` subcommand."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
-    subparsers = parser.add_subparsers(dest="kind", required=True, metavar="{text,image-text,video,docs}")
+    subparsers = parser.add_subparsers(dest="kind", required=True, metavar="{text,image-text,video,docs,chat}")
 
     text = _subcommand(subparsers, "text", "a text corpus: tokenizer + token shards for text pre-training",
                        ".txt/.jsonl/.parquet files (.gz allowed) or folders of them",
@@ -87,6 +89,12 @@ def build_parser(prog: str = "mm-lightning prepare") -> argparse.ArgumentParser:
     docs.add_argument("--max-pages", type=int, default=32, help="keep the first this many pages of a PDF")
     docs.add_argument("--max-side", type=int, default=896, help="scale pages down to this longer side")
     _add_run_arguments(docs, "PDF", "documents", "rendering")
+
+    chat = _subcommand(subparsers, "chat", "conversations (messages JSONL, with images) for supervised fine-tuning",
+                       ".jsonl files (one conversation a line) or folders of them")  # fmt: skip
+    chat.add_argument("--max-side", type=int, default=512, help="scale down images whose longer side exceeds this")
+    chat.add_argument("--tokenizer", default=None, help="the model's tokenizer.json, copied to the output")
+    _add_run_arguments(chat, "conversation", "conversations", "image loading")
     return parser
 
 
@@ -116,6 +124,11 @@ def _prepare_docs(args: argparse.Namespace) -> dict:
         args.inputs, args.output, dpi=args.dpi, max_pages=args.max_pages, max_side=args.max_side,
         run=PrepRun(**_run_options(args)),
     )  # fmt: skip
+
+
+def _prepare_chat(args: argparse.Namespace) -> dict:
+    return prepare_chat_shards(args.inputs, args.output, max_side=args.max_side, tokenizer=args.tokenizer,
+                               run=PrepRun(**_run_options(args)))  # fmt: skip
 
 
 def _print_text(summary: dict) -> None:
@@ -155,6 +168,7 @@ _KINDS = {
     "image-text": (_prepare_pairs, _print_pairs, "train/, val/ and prep_summary.json"),
     "video": (_prepare_video, _print_items("clips"), "train/, val/ and prep_summary.json"),
     "docs": (_prepare_docs, _print_items("documents", "PDF(s)"), "train/, val/ and prep_summary.json"),
+    "chat": (_prepare_chat, _print_items("conversations"), "train/, val/ and prep_summary.json"),
 }
 
 
