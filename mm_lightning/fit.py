@@ -14,7 +14,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from mm_lightning.callbacks import NonFiniteGuard, StageCheckpoint, TokenThroughputMonitor
+from mm_lightning.callbacks import NonFiniteGuard, PredictionWriter, StageCheckpoint, TokenThroughputMonitor
 from mm_lightning.checkpoint import check_checkpoint_fits
 from mm_lightning.errors import ConfigError, find_user_error
 from mm_lightning.stages import StageModule
@@ -30,7 +30,8 @@ class FitConfigOnly(SaveConfigCallback):
 
 
 class MMLightningCLI(LightningCLI):
-    """LightningCLI over any stage module and datamodule, with the throughput monitor and NaN guard always on.
+    """LightningCLI over any stage module and datamodule, with the throughput monitor, NaN guard and prediction
+    writer always on (``predict`` writes ``predictions.jsonl`` in its log folder; ``--predictions.path`` elsewhere).
 
     Unlike LightningCLI, ``--ckpt_path`` does not replace the model's arguments with the checkpoint's: the config
     decides the model, and a checkpoint that does not fit it (another stage or architecture, another optimizer
@@ -42,6 +43,7 @@ class MMLightningCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(TokenThroughputMonitor, "throughput")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
+        parser.add_lightning_class_args(PredictionWriter, "predictions")
 
     def _parse_ckpt_path(self) -> None:
         pass  # the config decides the model; before_<subcommand> checks that the checkpoint fits it

@@ -1,4 +1,4 @@
-"""Callbacks that own the recipe's knobs, checkpoint naming, and monitoring."""
+"""Callbacks that own the recipe's knobs, checkpoint naming, monitoring, and the files ``predict`` writes."""
 
 from mm_lightning.callbacks.caption_checks import CaptionChecks
 from mm_lightning.callbacks.emoji_probe import EmojiIdentityProbe
@@ -6,6 +6,7 @@ from mm_lightning.callbacks.lr_schedule import LRSchedulerResume, ReWarmup
 from mm_lightning.callbacks.mixing import ProgressiveMixing
 from mm_lightning.callbacks.nonfinite import NonFiniteGuard
 from mm_lightning.callbacks.passkey import PasskeyEvaluation
+from mm_lightning.callbacks.prediction_writer import PredictionWriter
 from mm_lightning.callbacks.rope_switch import RoPEBaseSwitch
 from mm_lightning.callbacks.stage_checkpoint import StageCheckpoint
 from mm_lightning.callbacks.throughput import TokenThroughputMonitor
@@ -16,6 +17,7 @@ __all__ = [
     "LRSchedulerResume",
     "NonFiniteGuard",
     "PasskeyEvaluation",
+    "PredictionWriter",
     "ProgressiveMixing",
     "ReWarmup",
     "RoPEBaseSwitch",

@@ -70,6 +70,8 @@ def collate_image_text(items: list[dict], max_caption_len: int, pad_id: int) -> 
 class ImageTextDataModule(ShardDataModule):
     """Packed native-resolution image batches with tokenized captions, streamed with litdata.
 
+    ``test`` and ``predict`` read the ``val/`` split as validation does (there is no test split).
+
     Args:
         data_path: a prepared folder or URL holding ``train/`` and ``val/``; or ``"demo:emoji-scenes"``, generated
             into ``$MM_LIGHTNING_CACHE/demo`` on first use.

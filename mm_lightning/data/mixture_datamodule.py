@@ -10,7 +10,8 @@ stage's first global step is kept in :meth:`MixtureDataModule.state_dict`), so a
 batches an uninterrupted one yields from there.
 
 The number of rows ``R`` of a batch is what first-fit packing needs and varies from batch to batch, unless
-``rows_per_batch`` fixes it (then a batch that does not fit raises).
+``rows_per_batch`` fixes it (then a batch that does not fit raises). ``test`` and ``predict`` read the validation
+loaders (the sources' ``val`` splits, ``val_batches`` per rank on every rank).
 """
 
 from __future__ import annotations
@@ -227,6 +228,14 @@ class MixtureDataModule(L.LightningDataModule):
     def val_dataloader(self) -> list[DataLoader]:
         """One loader per :attr:`val_groups` (held-out text alone, multimodal alone), the same batches every time."""
         return [self._loader(self.batches(f"val:{group}", 0, self.val_batches)) for group in self.val_groups]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        """The validation loaders (:meth:`val_dataloader`): the sources have no separate test split."""
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> list[DataLoader]:
+        """The validation loaders (:meth:`val_dataloader`), one per :attr:`val_groups`."""
+        return self.val_dataloader()
 
     def batches(self, split: str, first_batch: int, stop_batch: int | None) -> MixtureBatches:
         """The batch stream of this rank over ``[first_batch, stop_batch)``."""

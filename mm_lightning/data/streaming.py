@@ -5,7 +5,8 @@ A prepared dataset is a folder or URL with ``train/`` and ``val/`` litdata split
 ``tokenizer.json`` it was written with); a demo name (``demo:...``) is built into the cache on first use.
 Training streams shuffle whole chunks ("full": litdata's default shuffles windows of 256 consecutive
 items, which feeds tens of steps from one stretch of a corpus and biases the run); validation streams in
-order, optionally only its first ``val_batches`` batches, the same ones every time.
+order, optionally only its first ``val_batches`` batches, the same ones every time. The prepared data has no test
+split: ``test`` and ``predict`` read the val split as validation does (hold it out of training, as ``prepare`` does).
 
 A damaged local split (a chunk truncated, overwritten or missing) is refused at ``setup`` when a chunk's size
 disagrees with ``index.json``, and a failure while reading chunks is reported as the damaged chunk when one is
@@ -205,6 +206,14 @@ class ShardDataModule(L.LightningDataModule):
         loader = self._loader(self.val_dataset, drop_last=split_across_ranks(self.val_dataset))
         loader = even_loader(loader, "val")
         return loader if self.val_batches is None else FirstBatches(loader, self.val_batches)
+
+    def test_dataloader(self) -> ShardLoader | FirstBatches:
+        """The val split as validation reads it (:meth:`val_dataloader`): there is no separate test split."""
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> ShardLoader | FirstBatches:
+        """The val split as validation reads it (:meth:`val_dataloader`): in order, as many batches on every rank."""
+        return self.val_dataloader()
 
     def _loader(self, dataset: StreamingDataset | None, drop_last: bool) -> ShardLoader:
         if dataset is None:

@@ -53,6 +53,8 @@ def collate_token_blocks(rows: list[Tensor], eod_id: int) -> dict[str, Tensor]:
 class TextDataModule(ShardDataModule):
     """Packed token batches for text pre-training, streamed with litdata.
 
+    ``test`` and ``predict`` read the ``val/`` split as validation does (there is no test split).
+
     Args:
         data_path: a prepared folder or URL (``s3://``, ``gs://``, ... anything litdata streams) holding
             ``tokenizer.json``, ``train/`` and ``val/``; or a demo name such as ``"demo:sotu"``, built into

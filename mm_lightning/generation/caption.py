@@ -42,6 +42,15 @@ def image_prompt(vlm: VLM, image: Image.Image | Tensor, preprocessing: ImagePrep
                      packed["seq_ids"].to(device))  # fmt: skip
 
 
+def packed_image_prompts(vlm: VLM, patches: Tensor, grid_hw: Tensor, patch_seq_ids: Tensor) -> list[Tensor]:
+    """Input embeddings ``[1, T_i, d]`` of ``<|image_start|> image tokens <|image_end|>`` for each image of a packed
+    batch (``patches`` ``[1, N, 3p²]``, ``grid_hw`` ``[n, 2]``, ``patch_seq_ids`` ``[1, N]``), in one ViT pass."""
+    counts = [vlm.projector.num_tokens(h, w) for h, w in grid_hw.tolist()]
+    ids = expand_image_placeholders(list(IMAGE_SPAN) * len(counts), counts, IMAGE_ID)
+    embeds = vlm.embed(torch.tensor([ids], device=patches.device), patches, grid_hw, patch_seq_ids)  # [1, T, d]
+    return list(embeds.split([count + 2 for count in counts], dim=1))
+
+
 def decode_text(tokenizer, new_ids: Sequence[int]) -> str:
     """The text of generated ids: cut at the first end of document, special tokens dropped."""
     eod = tokenizer_lib.eod_id(tokenizer)
@@ -62,16 +71,24 @@ def caption_images(vlm: VLM, tokenizer, images: Sequence[Image.Image | Tensor], 
     """
     with evaluating(vlm):
         prompts = [image_prompt(vlm, image, preprocessing) for image in images]  # [1, T_i, d] each
-        by_length: dict[int, list[int]] = {}
-        for index, prompt in enumerate(prompts):
-            by_length.setdefault(prompt.shape[1], []).append(index)
-        captions = [""] * len(prompts)
-        for indices in by_length.values():
-            for start in range(0, len(indices), batch_size):
-                chunk = indices[start : start + batch_size]
-                new = generate(vlm.llm, inputs_embeds=torch.cat([prompts[i] for i in chunk]), greedy=True,
-                               max_new_tokens=max_new_tokens,
-                               eos_id=tokenizer_lib.eod_id(tokenizer) if stop_at_eod else None)  # fmt: skip
-                for index, row in zip(chunk, new.tolist(), strict=True):
-                    captions[index] = decode_text(tokenizer, row)
-        return captions
+        return caption_prompts(vlm, tokenizer, prompts, max_new_tokens, stop_at_eod, batch_size)
+
+
+@torch.no_grad()
+def caption_prompts(vlm: VLM, tokenizer, prompts: Sequence[Tensor], max_new_tokens: int = 48,
+                    stop_at_eod: bool = True, batch_size: int = 32) -> list[str]:  # fmt: skip
+    """Greedy continuations of prompt embeddings ``[1, T_i, d]`` (:func:`image_prompt`), in order, as
+    :func:`caption_images` decodes them (the model's train/eval mode is left as it is)."""
+    by_length: dict[int, list[int]] = {}
+    for index, prompt in enumerate(prompts):
+        by_length.setdefault(prompt.shape[1], []).append(index)
+    captions = [""] * len(prompts)
+    for indices in by_length.values():
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start : start + batch_size]
+            new = generate(vlm.llm, inputs_embeds=torch.cat([prompts[i] for i in chunk]), greedy=True,
+                           max_new_tokens=max_new_tokens,
+                           eos_id=tokenizer_lib.eod_id(tokenizer) if stop_at_eod else None)  # fmt: skip
+            for index, row in zip(chunk, new.tolist(), strict=True):
+                captions[index] = decode_text(tokenizer, row)
+    return captions

@@ -3,7 +3,8 @@
 The LLM comes from the text stage's checkpoint and the ViT from the CoCa stage's, each rebuilt from the
 configuration its checkpoint recorded; a new projector (pixel shuffle + MLP) joins them. The LLM is frozen
 (no gradients, no optimizer state); the ViT and projector learn to caption images through it. The LR
-schedule is this stage's own: it does not continue stage 1's.
+schedule is this stage's own: it does not continue stage 1's. ``AlignStage.load_from_checkpoint`` reads neither
+input checkpoint: it rebuilds the backbones from the configs the loaded checkpoint recorded.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from typing import Any
 import torch
 from torchmetrics import MeanMetric
 
-from mm_lightning.checkpoint import load_backbone, recorded_image_preprocessing
 from mm_lightning.data.caption_rows import caption_rows
+from mm_lightning.eval.predictions import document_losses
 from mm_lightning.losses import NextTokenLoss
 from mm_lightning.models.registry import build_backbone
 from mm_lightning.optim import OptimizerConfig
@@ -50,9 +51,9 @@ class AlignStage(VisionLanguageStage):
     ) -> None:
         super().__init__(optimizer, schedule, 0, activation_checkpointing, compile)
         self.save_hyperparameters()
-        self.llm = load_backbone(llm_checkpoint, "llm").requires_grad_(False)
-        self.vit = load_backbone(vit_checkpoint, "vit")
-        self.inherited_image_preprocessing = recorded_image_preprocessing(vit_checkpoint)
+        self.llm = self.inherit_backbone(llm_checkpoint, "llm").requires_grad_(False)
+        self.vit = self.inherit_backbone(vit_checkpoint, "vit")
+        self.inherit_image_preprocessing(vit_checkpoint)
         widths = {"vision_dim": self.vit.config.d_model, "llm_dim": self.llm.config.d_model}
         self.projector = build_backbone("projector", projector, **{**widths, **(projector_overrides or {})})
         self.loss = NextTokenLoss()
@@ -64,11 +65,16 @@ class AlignStage(VisionLanguageStage):
     def on_train_epoch_start(self) -> None:
         self.llm.eval()  # frozen: no dropout or norm statistics to update, and none to drift
 
-    def caption_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
-        """Next-token loss over the captions given the images, and the number of caption targets."""
+    def caption_logits(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The batch's captioning rows (:func:`caption_rows`: one packed sequence per image) and their logits."""
         rows = caption_rows(batch, self.projector.num_tokens, IMAGE_ID)
         logits = self.vlm(rows["input_ids"], batch["patches"], batch["grid_hw"], batch["seq_ids"],
                           position_ids=rows["position_ids"], seq_ids=rows["seq_ids"])  # fmt: skip
+        return rows, logits  # [1, T, V]
+
+    def caption_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
+        """Next-token loss over the captions given the images, and the number of caption targets."""
+        rows, logits = self.caption_logits(batch)
         return self.loss(logits, rows["labels"])["loss"], int((rows["labels"] >= 0).sum())
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -85,3 +91,11 @@ class AlignStage(VisionLanguageStage):
         loss = self.val_loss.compute()
         self.val_loss.reset()
         self.report_validation({"val/caption": loss.item()}, headline="val/caption")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        """Per image: its greedy caption, the reference caption, and the reference's loss given the image."""
+        captions = self.caption_batch_images((batch["patches"], batch["grid_hw"], batch["seq_ids"]))
+        rows, logits = self.caption_logits(batch)
+        losses = [doc["loss"] for doc in document_losses(rows["input_ids"], logits, rows["labels"], rows["seq_ids"])]
+        return [{"caption": caption, "reference": reference, "reference_loss": loss}
+                for caption, reference, loss in zip(captions, batch["captions"], losses, strict=True)]  # fmt: skip

@@ -5,23 +5,38 @@ Backbone attribute names are registry kinds (``self.llm`` is an ``llm``), so the
 each one's resolved config and a later stage can rebuild it with ``checkpoint.load_backbone``. A stage with a
 ViT also records how its images were cut into patches (its datamodule's ``patch_size`` and ``max_patches``, or
 what the checkpoint its ViT came from recorded), so ``generate`` and the evaluations feed the same grids.
+
+Lightning's conventions hold for every stage: ``Stage.load_from_checkpoint(path)`` needs no Trainer and no other
+checkpoint (:meth:`StageModule.load_from_checkpoint`); ``test`` runs the validation logic on the datamodule's test
+loaders and logs ``test/...``; ``predict_step`` returns JSON-ready records that
+:class:`~mm_lightning.callbacks.PredictionWriter` writes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import warnings
-from typing import Any
+from contextvars import ContextVar
+from typing import Any, TypeVar
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
-from mm_lightning.checkpoint import META_KEY, to_plain
+from mm_lightning.checkpoint import (
+    META_KEY,
+    checkpoint_meta,
+    load_backbone,
+    load_checkpoint,
+    recorded_image_preprocessing,
+    to_plain,
+)
 from mm_lightning.errors import ConfigError, DataError
 from mm_lightning.handoff import optimizer_param_names
 from mm_lightning.media.images import ImagePreprocessing
+from mm_lightning.models.registry import build_from_config, config_from_dict
 from mm_lightning.optim import OptimizerConfig, build_optimizer
 from mm_lightning.parallel import parallelize
 from mm_lightning.schedules import LRSchedule, build_lr_scheduler, check_table
@@ -30,14 +45,25 @@ TOKEN_ID_KEYS = ("input_ids", "caption_ids")
 """The batch keys holding token ids that index the model's embedding."""
 # Lightning warns whenever a module implements this hook and a datamodule is passed, as every stage does by design
 warnings.filterwarnings("ignore", message="You have overridden `on_before_batch_transfer` in `LightningModule` but")
+_LOADING: ContextVar[dict[str, Any] | None] = ContextVar("mm_lightning_loading", default=None)
+"""The metadata block of the checkpoint :meth:`StageModule.load_from_checkpoint` is building a stage from."""
+Config = TypeVar("Config")
+
+
+def from_plain(cls: type[Config], value: Config | dict[str, Any] | None) -> Config | None:
+    """A dataclass config back from its :func:`~mm_lightning.checkpoint.to_plain` form (lists become tuples), as
+    ``load_from_checkpoint`` passes a stage the hyper-parameters its checkpoint stored; other values as they are."""
+    if isinstance(value, dict):
+        return cls(**{name: tuple(v) if isinstance(v, list) else v for name, v in value.items()})
+    return value
 
 
 class StageModule(pl.LightningModule):
     """Base class of all stage modules.
 
     Args:
-        optimizer: optimizer choice and hyper-parameters.
-        schedule: the LR schedule piece this stage runs (a pure function of the global step).
+        optimizer: optimizer choice and hyper-parameters (or their plain-data form, as a checkpoint stores them).
+        schedule: the LR schedule piece this stage runs (a pure function of the global step); plain data too.
         global_step_offset: pipeline-global step at which this stage starts (0 for the first stage).
         activation_checkpointing: recompute block activations in backward to save memory.
         compile: ``torch.compile`` each transformer block.
@@ -45,15 +71,15 @@ class StageModule(pl.LightningModule):
 
     def __init__(
         self,
-        optimizer: OptimizerConfig | None = None,
-        schedule: LRSchedule | None = None,
+        optimizer: OptimizerConfig | dict[str, Any] | None = None,
+        schedule: LRSchedule | dict[str, Any] | None = None,
         global_step_offset: int = 0,
         activation_checkpointing: bool = False,
         compile: bool = False,
     ) -> None:
         super().__init__()
-        self.optimizer_config = optimizer or OptimizerConfig()
-        self.schedule = schedule or LRSchedule()
+        self.optimizer_config = from_plain(OptimizerConfig, optimizer) or OptimizerConfig()
+        self.schedule = from_plain(LRSchedule, schedule) or LRSchedule()
         self.schedule_table: list[LRSchedule] = [self.schedule]  # callbacks may continue or extend it
         self.global_step_offset = global_step_offset
         self.activation_checkpointing = activation_checkpointing
@@ -73,8 +99,45 @@ class StageModule(pl.LightningModule):
         """Global step along the pipeline: where this stage started plus the steps it has taken."""
         return self.global_step_offset + self.global_step
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:
+        """Lightning's ``load_from_checkpoint``, needing no Trainer and no other checkpoint.
+
+        A stage that takes its backbones from other checkpoints (``AlignStage``, ``JointStage``) builds them here
+        from the configs this checkpoint recorded (:meth:`inherit_backbone`), so those files need not exist any more;
+        the weights are this checkpoint's ``state_dict``. The optimizer and schedule become dataclasses again.
+        """
+        meta = None
+        if isinstance(checkpoint_path, str | os.PathLike):
+            meta = checkpoint_meta(load_checkpoint(checkpoint_path), checkpoint_path)
+        token = _LOADING.set(meta)
+        try:
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        finally:
+            _LOADING.reset(token)
+
+    def inherit_backbone(self, path: str, kind: str) -> nn.Module:
+        """The ``kind`` backbone of the stage checkpoint ``path`` (:func:`~mm_lightning.checkpoint.load_backbone`).
+
+        Inside :meth:`load_from_checkpoint` it is built from the config the loaded checkpoint recorded (the one its
+        weights fit, e.g. a RoPE base switched during the stage) and ``path`` is not read.
+        """
+        recorded = (_LOADING.get() or {}).get("backbones", {})
+        if kind not in recorded:
+            return load_backbone(path, kind)
+        return build_from_config(kind, config_from_dict(kind, recorded[kind]))
+
+    def inherit_image_preprocessing(self, path: str) -> None:
+        """Take the image preprocessing ``path`` recorded (inside :meth:`load_from_checkpoint`: the loaded one's)."""
+        self.inherited_image_preprocessing = recorded_image_preprocessing(_LOADING.get() or path)
+
+    @property
+    def data_tokenizer(self) -> Any:
+        """The datamodule's tokenizer; ``None`` without a Trainer, a datamodule or a tokenizer."""
+        return getattr(getattr(self._trainer, "datamodule", None), "tokenizer", None)
+
     def configure_model(self) -> None:
-        if self._parallelized:
+        if self._parallelized or self._trainer is None:  # no Trainer (load_from_checkpoint): a plain module
             return
         mesh = None
         if isinstance(self.trainer.strategy, ModelParallelStrategy):
@@ -189,13 +252,23 @@ class StageModule(pl.LightningModule):
             self.schedule_table = [LRSchedule(**piece) for piece in meta["schedule_table"]]
             self.global_step_offset = int(meta["global_step_offset"])
 
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
+        """The validation step on the test loaders (the datamodules' held-out split)."""
+        return self.validation_step(batch, batch_idx, **({"dataloader_idx": dataloader_idx} if dataloader_idx else {}))
+
+    def on_test_epoch_end(self) -> None:
+        self.on_validation_epoch_end()  # its metrics are logged as test/... (report_validation)
+
     def report_validation(self, metrics: dict[str, float], headline: str) -> None:
         """Log validation metrics (``headline`` on the progress bar) and print them on one line.
 
         With ``num_sanity_val_steps: -1`` the sanity check is a full validation of the starting weights;
         Lightning does not log it, so it goes straight to the logger at the current step: every validation
-        curve then starts from its untrained (or inherited) value.
+        curve then starts from its untrained (or inherited) value. In ``test`` the ``val/`` names become ``test/``.
         """
+        if self.trainer.testing:
+            metrics = {f"test/{name.removeprefix('val/')}": value for name, value in metrics.items()}
+            headline = f"test/{headline.removeprefix('val/')}"
         step = float(self.pipeline_step)
         self.log_dict({k: v for k, v in metrics.items() if k != headline} | {"step": step}, rank_zero_only=True)
         self.log(headline, metrics[headline], prog_bar=True, rank_zero_only=True)

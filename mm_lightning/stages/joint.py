@@ -7,7 +7,8 @@ comes from ``llm_checkpoint`` and the ViT and projector from ``vision_checkpoint
 the previous joint stage's: then both are the same file). With ``handoff: continue`` the optimizer moments
 of matching parameters come along (``handoff.py``) and the global step and schedule continue; with
 ``weights_only`` the stage starts its own schedule from step 0. A full resume of the same stage is
-Lightning's ``--ckpt_path``.
+Lightning's ``--ckpt_path``; ``JointStage.load_from_checkpoint`` reads neither input checkpoint (it rebuilds the
+backbones from the configs the loaded checkpoint recorded).
 
 A batch without images skips the vision tower, so its parameters get no gradient and no update. Under
 FSDP2 a rank without images runs it on one dummy image when another rank has some (its tokens enter the LLM
@@ -23,8 +24,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from mm_lightning.callbacks.lr_schedule import LRSchedulerResume
-from mm_lightning.checkpoint import load_backbone, recorded_image_preprocessing
 from mm_lightning.errors import ConfigError
+from mm_lightning.eval.predictions import attach_captions, document_losses
 from mm_lightning.handoff import HANDOFF_MODES, carry_optimizer_state, check_optimizer_state
 from mm_lightning.losses import NextTokenLoss
 from mm_lightning.optim import OptimizerConfig
@@ -67,10 +68,10 @@ class JointStage(VisionLanguageStage):
         self.save_hyperparameters()
         self.handoff = handoff
         self.checkpoints = dict.fromkeys([llm_checkpoint, vision_checkpoint or llm_checkpoint])  # ordered, unique
-        self.llm = load_backbone(llm_checkpoint, "llm")
-        self.vit = load_backbone(vision_checkpoint or llm_checkpoint, "vit")
-        self.projector = load_backbone(vision_checkpoint or llm_checkpoint, "projector")
-        self.inherited_image_preprocessing = recorded_image_preprocessing(vision_checkpoint or llm_checkpoint)
+        self.llm = self.inherit_backbone(llm_checkpoint, "llm")
+        self.vit = self.inherit_backbone(vision_checkpoint or llm_checkpoint, "vit")
+        self.projector = self.inherit_backbone(vision_checkpoint or llm_checkpoint, "projector")
+        self.inherit_image_preprocessing(vision_checkpoint or llm_checkpoint)
         self.loss = NextTokenLoss()
         self._val_sums: dict[int, list[float]] = {}
 
@@ -94,6 +95,10 @@ class JointStage(VisionLanguageStage):
 
     def next_token_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         """Next-token loss of a packed mixed batch (labels already ignore images, prompts and padding)."""
+        return self.loss(self.logits(batch), batch["labels"])["loss"]
+
+    def logits(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Next-token logits ``[R, L, V]`` of a packed mixed batch, its images spliced in."""
         has_images = batch.get("patches") is not None
         any_images = has_images
         if self.trainer.world_size > 1:  # every rank decides together, then calls the same collectives in order
@@ -101,7 +106,7 @@ class JointStage(VisionLanguageStage):
         tokens = None
         if any_images:  # the vision tower first, on a dummy image where this rank has none
             images = (batch["patches"], batch["grid_hw"], batch["patch_seq_ids"]) if has_images else None
-            tokens = self.vlm.image_tokens(*(images or self._dummy_image(batch["input_ids"].device)))  # [n, d]
+            tokens = self.vlm.image_tokens(*(images or self.dummy_image()))  # [n, d]
         replace = None
         if tokens is not None:
             is_image = batch["input_ids"] == IMAGE_ID  # [R, L]; all False on a rank with the dummy image
@@ -110,14 +115,8 @@ class JointStage(VisionLanguageStage):
             # the dummy's tokens enter the LLM too (replacing nothing): their zero gradients then reach the vision
             # tower at the same point of the backward pass as real ones, and FSDP2 reduces in the same order
             replace = (is_image, tokens)
-        logits = self.llm(input_ids=batch["input_ids"], position_ids=batch["position_ids"], seq_ids=batch["seq_ids"],
-                          replace_embeds=replace)  # fmt: skip
-        return self.loss(logits, batch["labels"])["loss"]
-
-    def _dummy_image(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        patch_dim = 3 * self.vit.config.patch_size**2
-        return (torch.zeros(1, 1, patch_dim, device=device), torch.ones(1, 2, dtype=torch.long, device=device),
-                torch.zeros(1, 1, dtype=torch.long, device=device))  # fmt: skip
+        return self.llm(input_ids=batch["input_ids"], position_ids=batch["position_ids"], seq_ids=batch["seq_ids"],
+                        replace_embeds=replace)  # fmt: skip
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.next_token_loss(batch)
@@ -146,3 +145,14 @@ class JointStage(VisionLanguageStage):
         self._val_sums.clear()
         if metrics:
             self.report_validation(metrics, headline=next(iter(metrics)))
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+        """Per packed document: next-token loss and perplexity, its text, and greedy captions of its images."""
+        has_images = batch.get("patches") is not None
+        images = (batch["patches"], batch["grid_hw"], batch["patch_seq_ids"]) if has_images else None
+        captions = self.caption_batch_images(images)
+        records = document_losses(batch["input_ids"], self.logits(batch), batch["labels"], batch["seq_ids"],
+                                  self.data_tokenizer)  # fmt: skip
+        attach_captions(records, captions, [] if images is None else self.image_token_counts(images[1]))
+        group = getattr(self.trainer.datamodule, "val_groups", VAL_GROUPS[:1])[dataloader_idx]
+        return [{"group": group, **record} for record in records]

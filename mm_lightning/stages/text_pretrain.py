@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torchmetrics import MeanMetric
 
+from mm_lightning.eval.predictions import document_losses
 from mm_lightning.losses import NextTokenLoss
 from mm_lightning.models.registry import build_backbone
 from mm_lightning.optim import OptimizerConfig
@@ -69,3 +70,7 @@ class TextPretrainStage(StageModule):
         loss = self.val_loss.compute()
         self.val_loss.reset()
         self.report_validation({"val/loss": loss.item(), "val/ppl": math.exp(loss.item())}, headline="val/ppl")
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> list[dict[str, Any]]:
+        """Next-token loss and perplexity of each document (or piece of one) in the batch's rows, with its text."""
+        return document_losses(batch["input_ids"], self(batch), batch["labels"], batch["seq_ids"], self.data_tokenizer)

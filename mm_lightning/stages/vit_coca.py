@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 from torchmetrics import MeanMetric
 
+from mm_lightning.eval.predictions import embedding_records
 from mm_lightning.eval.retrieval import retrieval_recall
 from mm_lightning.losses import CoCaLoss
 from mm_lightning.models.registry import build_backbone
@@ -88,6 +89,11 @@ class ViTCoCaStage(StageModule):
         metrics["val/caption"] = self.val_caption.compute().item()
         self.val_caption.reset()
         self.report_validation(metrics, headline="val/i2t_r@1")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        """Per image-caption pair: both embeddings, their similarity, and the batch's caption nearest the image."""
+        outputs = self(batch)
+        return embedding_records(outputs["image_embed"], outputs["text_embed"], list(batch["captions"]))
 
     def _gather_val_outputs(self) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         local = (
