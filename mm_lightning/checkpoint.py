@@ -21,9 +21,10 @@ from torch import nn
 
 from mm_lightning.errors import MMLightningError
 from mm_lightning.media.images import ImagePreprocessing
+from mm_lightning.models.lora import LoRAConfig, apply_lora, merge_lora
 from mm_lightning.models.registry import build_from_config, config_from_dict
 from mm_lightning.models.vlm import VLM
-from mm_lightning.tokenizer import IMAGE_ID
+from mm_lightning.tokenizer import IMAGE_ID, tokenizer_from_str
 
 META_KEY = "mm_lightning"
 
@@ -100,6 +101,13 @@ def load_backbone(path: str | Path, kind: str, prefix: str | None = None) -> nn.
     if prefix is None:
         prefix = checkpoint_meta(checkpoint, path).get("prefixes", {}).get(kind, f"{kind}.")
     state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    lora = checkpoint_meta(checkpoint, path).get("lora")
+    if lora is not None and lora.get("backbone") == kind:  # a LoRA fine-tune: base weights + adapters, merged
+        config = LoRAConfig(**{k: tuple(v) if k == "targets" else v for k, v in lora.items() if k != "backbone"})
+        apply_lora(module, config)
+        load_state_dict_strict(module, state, source=f"{path} ({kind} with LoRA adapters)")
+        merge_lora(module)
+        return module.requires_grad_(True)
     load_state_dict_strict(module, state, source=f"{path} ({kind})")
     return module
 
@@ -107,6 +115,17 @@ def load_backbone(path: str | Path, kind: str, prefix: str | None = None) -> nn.
 def load_vlm(path: str | Path) -> VLM:
     """The VLM (LLM, ViT and projector) a stage checkpoint recorded, in eval mode."""
     return VLM(*(load_backbone(path, kind) for kind in ("llm", "vit", "projector")), IMAGE_ID).eval()
+
+
+def recorded_tokenizer(source: str | Path | dict[str, Any]):
+    """The tokenizer a checkpoint recorded (the one its stage's data was tokenized with), or ``None``.
+
+    Args:
+        source: a stage checkpoint (``.ckpt``) or its metadata block (:func:`checkpoint_meta`).
+    """
+    meta = source if isinstance(source, dict) else checkpoint_meta(load_checkpoint(source), source)
+    stored = meta.get("tokenizer")
+    return tokenizer_from_str(stored, f"the tokenizer recorded in {source}") if stored else None
 
 
 def recorded_image_preprocessing(source: str | Path | dict[str, Any]) -> ImagePreprocessing | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers.tiny_checkpoints import build_tiny_checkpoints
 
 from mm_lightning.inference import torch_threads
 
@@ -40,3 +41,9 @@ def one_thread():
     """Micro models run their many tiny ops faster on one thread (and far faster on a shared, busy CPU)."""
     with torch_threads(1):
         yield
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory, demo_sotu, demo_emoji) -> dict[str, Path]:
+    """One-step checkpoints of every stage (``text``, ``vit``, ``align``, ``joint``) whose input files are gone."""
+    return build_tiny_checkpoints(tmp_path_factory.mktemp("tiny"), tmp_path_factory.mktemp("inputs"))

@@ -15,7 +15,7 @@ from PIL import Image
 from torch import Tensor
 
 from mm_lightning import tokenizer as tokenizer_lib
-from mm_lightning.generation.decode import generate
+from mm_lightning.generation.decode import greedy_each
 from mm_lightning.inference import evaluating
 from mm_lightning.media.images import ImagePreprocessing, pil_to_pixels
 from mm_lightning.models.vlm import VLM, expand_image_placeholders
@@ -79,16 +79,6 @@ def caption_prompts(vlm: VLM, tokenizer, prompts: Sequence[Tensor], max_new_toke
                     stop_at_eod: bool = True, batch_size: int = 32) -> list[str]:  # fmt: skip
     """Greedy continuations of prompt embeddings ``[1, T_i, d]`` (:func:`image_prompt`), in order, as
     :func:`caption_images` decodes them (the model's train/eval mode is left as it is)."""
-    by_length: dict[int, list[int]] = {}
-    for index, prompt in enumerate(prompts):
-        by_length.setdefault(prompt.shape[1], []).append(index)
-    captions = [""] * len(prompts)
-    for indices in by_length.values():
-        for start in range(0, len(indices), batch_size):
-            chunk = indices[start : start + batch_size]
-            new = generate(vlm.llm, inputs_embeds=torch.cat([prompts[i] for i in chunk]), greedy=True,
-                           max_new_tokens=max_new_tokens,
-                           eos_id=tokenizer_lib.eod_id(tokenizer) if stop_at_eod else None)  # fmt: skip
-            for index, row in zip(chunk, new.tolist(), strict=True):
-                captions[index] = decode_text(tokenizer, row)
-    return captions
+    eos_id = tokenizer_lib.eod_id(tokenizer) if stop_at_eod else None
+    rows = greedy_each(vlm.llm, prompts, max_new_tokens, eos_id, batch_size)
+    return [decode_text(tokenizer, row) for row in rows]

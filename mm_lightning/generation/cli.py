@@ -12,12 +12,13 @@ cut its training images (:func:`~mm_lightning.checkpoint.image_preprocessing`).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
 
 from mm_lightning import tokenizer as tokenizer_lib
-from mm_lightning.checkpoint import image_preprocessing, load_backbone, load_vlm
+from mm_lightning.checkpoint import image_preprocessing, load_backbone, load_vlm, recorded_tokenizer
 from mm_lightning.demo import demo_tokenizer
 from mm_lightning.errors import ConfigError
 from mm_lightning.generation.caption import decode_text, image_prompt
@@ -30,7 +31,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--ckpt", required=True, help="a stage checkpoint (.ckpt)")
     parser.add_argument("--image", help="an image file; needs a checkpoint with vit and projector (alignment on)")
     parser.add_argument("--prompt", default="", help="text after the image (or alone)")
-    parser.add_argument("--tokenizer", help="tokenizer.json (default: the demo corpus tokenizer)")
+    parser.add_argument("--tokenizer", help="tokenizer.json (default: the one the checkpoint recorded)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--temperature", type=float, default=1.0, help="with --sample: >= 0 (0 is greedy)")
     parser.add_argument("--top-k", type=int, help="with --sample: keep the k most likely tokens (k >= 1)")
@@ -53,13 +54,26 @@ def prompt_embeddings(args: argparse.Namespace, tokenizer) -> tuple[torch.nn.Mod
     return vlm.llm, image_prompt(vlm, pixels, image_preprocessing(args.ckpt), text_ids)
 
 
+def checkpoint_tokenizer(ckpt: str, given: str | None = None):
+    """``given`` (a ``tokenizer.json``), else the one the checkpoint recorded; older checkpoints that record none fall
+    back to the demo tokenizer, with a note on stderr."""
+    if given:
+        return tokenizer_lib.load_tokenizer(given)
+    recorded = recorded_tokenizer(ckpt)
+    if recorded is not None:
+        return recorded
+    print(f"mm-lightning generate: {ckpt} records no tokenizer (written before they did): using the demo one; "
+          "pass --tokenizer for another", file=sys.stderr)  # fmt: skip
+    return tokenizer_lib.load_tokenizer(demo_tokenizer())
+
+
 def run(argv: list[str]) -> str:
     """Generate and return the decoded continuation (special tokens left out)."""
     args = parse_args(argv)
     check_sampling(args.temperature, args.top_k, args.top_p)  # before loading anything
     if args.max_new_tokens < 0:
         raise ConfigError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
-    tokenizer = tokenizer_lib.load_tokenizer(args.tokenizer or demo_tokenizer())
+    tokenizer = checkpoint_tokenizer(args.ckpt, args.tokenizer)
     with torch.no_grad():
         llm, embeds = prompt_embeddings(args, tokenizer)
         new_tokens = generate(

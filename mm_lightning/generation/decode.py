@@ -9,6 +9,7 @@ with image features spliced in; the new tokens are then embedded with ``model.em
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -159,6 +160,28 @@ def generate(
         new = token[:, None]  # [B, 1]
         logits = step(model.embed(new) if as_embeds else new, as_embeds)
     return torch.stack(tokens, dim=1)  # [B, T_new]
+
+
+@torch.no_grad()
+def greedy_each(model: nn.Module, prompts: Sequence[Tensor], max_new_tokens: int, eos_id: int | None,
+                batch_size: int = 32) -> list[list[int]]:  # fmt: skip
+    """Greedy continuations of prompt embeddings ``[1, T_i, d]``, in order.
+
+    Prompts of equal length decode together, up to ``batch_size`` at a time (no padding, so each continuation is the
+    one it would be alone); a row stops at ``eos_id`` (``None``: every batch takes ``max_new_tokens`` steps).
+    """
+    by_length: dict[int, list[int]] = {}
+    for index, prompt in enumerate(prompts):
+        by_length.setdefault(prompt.shape[1], []).append(index)
+    outputs: list[list[int]] = [[] for _ in prompts]
+    for indices in by_length.values():
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start : start + batch_size]
+            new = generate(model, inputs_embeds=torch.cat([prompts[i] for i in chunk]), greedy=True,
+                           max_new_tokens=max_new_tokens, eos_id=eos_id)  # fmt: skip
+            for index, row in zip(chunk, new.tolist(), strict=True):
+                outputs[index] = row
+    return outputs
 
 
 class _CachedStep:

@@ -220,6 +220,9 @@ class StageModule(pl.LightningModule):
         preprocessing = self.image_preprocessing() if "vit" in backbones else None
         if preprocessing is not None:
             meta["image_preprocessing"] = dataclasses.asdict(preprocessing)
+        tokenizer = self.data_tokenizer
+        if tokenizer is not None:  # the checkpoint names its own vocabulary: generate and the API need no guess
+            meta["tokenizer"] = tokenizer.to_str()
         return meta
 
     def image_preprocessing(self) -> ImagePreprocessing | None:

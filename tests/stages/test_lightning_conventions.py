@@ -4,7 +4,6 @@ and ``mm-lightning test`` / ``predict`` on the tiny configs."""
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,60 +12,24 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
+from helpers.tiny_checkpoints import STAGES, image_text, mixture
 
 from mm_lightning.callbacks import PredictionWriter
 from mm_lightning.checkpoint import load_checkpoint
-from mm_lightning.data import ImageTextDataModule, MixtureDataModule, TextDataModule
+from mm_lightning.data import TextDataModule
 from mm_lightning.data.caption_rows import caption_rows
 from mm_lightning.optim import OptimizerConfig
 from mm_lightning.schedules import LRSchedule
-from mm_lightning.stages import AlignStage, JointStage, TextPretrainStage, ViTCoCaStage
+from mm_lightning.stages import JointStage, TextPretrainStage, ViTCoCaStage
 from mm_lightning.tokenizer import IMAGE_ID
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SHORT = LRSchedule(peak_lr=1e-3, warmup_steps=1, total_steps=3)
-STAGES = {"text": TextPretrainStage, "vit": ViTCoCaStage, "align": AlignStage, "joint": JointStage}
-
-
-def fit_one_step(stage: pl.LightningModule, data: pl.LightningDataModule, path: Path) -> None:
-    trainer = pl.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         limit_val_batches=0, default_root_dir=path.parent)  # fmt: skip
-    trainer.fit(stage, data)
-    trainer.save_checkpoint(path)
-
-
-def image_text(batch_size: int = 4) -> ImageTextDataModule:
-    return ImageTextDataModule("demo:emoji-scenes", batch_size=batch_size, max_patches=36)
-
-
-def mixture() -> MixtureDataModule:
-    sources = [{"name": "text", "kind": "text", "path": "demo:sotu"},
-               {"name": "scenes", "kind": "image_text", "path": "demo:emoji-scenes"}]  # fmt: skip
-    return MixtureDataModule(sources, seq_len=128, samples_per_batch=3, max_patches=36, val_batches=1)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, demo_sotu, demo_emoji) -> dict[str, Path]:
-    """One-step checkpoints of every stage at the presets of ``configs/*/tiny.yaml``, on the demo data (~10 s).
-
-    The alignment and joint stages take their backbones from copies of the earlier checkpoints, deleted afterwards:
-    their checkpoints name input files that no longer exist.
-    """
-    root, inputs = tmp_path_factory.mktemp("tiny"), tmp_path_factory.mktemp("inputs")
-    pl.seed_everything(0)
-    text = TextPretrainStage(llm="tiny", schedule=SHORT)
-    fit_one_step(text, TextDataModule(seq_len=32, batch_size=2), root / "text.ckpt")
-    fit_one_step(ViTCoCaStage(schedule=SHORT), image_text(), root / "vit.ckpt")
-    for name in ("text", "vit"):
-        shutil.copy(root / f"{name}.ckpt", inputs / f"{name}.ckpt")
-    fit_one_step(AlignStage(str(inputs / "text.ckpt"), str(inputs / "vit.ckpt"), schedule=SHORT), image_text(),
-                 root / "align.ckpt")  # fmt: skip
-    shutil.copy(root / "align.ckpt", inputs / "align.ckpt")
-    joint = JointStage(str(inputs / "text.ckpt"), str(inputs / "align.ckpt"), handoff="weights_only", schedule=SHORT)
-    fit_one_step(joint, mixture(), root / "joint.ckpt")
-    shutil.rmtree(inputs)
-    return {name: root / f"{name}.ckpt" for name in STAGES}
+def tiny(tiny_checkpoints) -> dict[str, Path]:
+    return tiny_checkpoints
 
 
 def outputs(stage: pl.LightningModule, text_batch: dict, image_batch: dict) -> torch.Tensor:
