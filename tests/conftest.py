@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers.short_pipeline import run_pipeline_command, short_demo_pipeline
 from helpers.tiny_checkpoints import build_tiny_checkpoints
 
 from mm_lightning.inference import torch_threads
@@ -47,3 +48,13 @@ def one_thread():
 def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory, demo_sotu, demo_emoji) -> dict[str, Path]:
     """One-step checkpoints of every stage (``text``, ``vit``, ``align``, ``joint``) whose input files are gone."""
     return build_tiny_checkpoints(tmp_path_factory.mktemp("tiny"), tmp_path_factory.mktemp("inputs"))
+
+
+@pytest.fixture(scope="session")
+def short_demo_run(tmp_path_factory: pytest.TempPathFactory, demo_sotu, demo_emoji) -> Path:
+    """One uninterrupted run of the demo pipeline with every stage cut to a few steps (~2-3 min); its run folder."""
+    folder = tmp_path_factory.mktemp("pipeline_whole")
+    result = run_pipeline_command(short_demo_pipeline(folder))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (folder / "stdout.txt").write_text(result.stdout)
+    return folder / "run"

@@ -1,0 +1,66 @@
+"""The demo pipeline with every stage cut to a few steps (the plumbing, not the learning), and how to run it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "configs" / "pipelines" / "demo.yaml"
+SHORT = {  # a few steps each, small validations, no loader workers: the plumbing, not the learning
+    "text": {"trainer.max_steps": 4, "trainer.limit_val_batches": 2},
+    "vit": {"trainer.max_steps": 4, "trainer.limit_val_batches": 2, "model.init_args.schedule.total_steps": 4},
+    "align": {"trainer.max_steps": 4, "data.init_args.val_batches": 2, "model.init_args.schedule.total_steps": 4},
+    "joint": {"trainer.max_steps": 6, "data.init_args.samples_per_batch": 6, "data.init_args.val_batches": 1},
+    "cooldown": {"trainer.max_steps": 4, "data.init_args.samples_per_batch": 6, "data.init_args.val_batches": 1},
+    "long_context": {
+        "trainer.max_steps": 2,
+        "data.init_args.samples_per_batch": 2,
+        "data.init_args.val_batches": 1,
+        "trainer.callbacks.PasskeyEvaluation.init_args.lengths": [256],
+        "trainer.callbacks.PasskeyEvaluation.init_args.frame_counts": [],
+    },
+}
+EVERY_STAGE = {
+    "trainer.val_check_interval": 2,
+    "trainer.callbacks.StageCheckpoint.init_args.every_n_train_steps": 2,
+    "data.init_args.num_workers": 0,
+}
+WARMUPS = {"model.init_args.schedule.warmup_steps": 1, "model.init_args.schedule.decay_steps": 1}
+KILL = {"class_path": "helpers.pipeline_kill.KillPipelineAtStep", "init_args": {"step": 3}}
+
+
+def short_demo_pipeline(folder: Path) -> Path:
+    """The demo pipeline file with every stage shortened, running into ``folder/run``."""
+    spec = yaml.safe_load(DEMO.read_text())
+    spec["run_dir"] = str(folder / "run")
+    for stage in spec["stages"]:
+        stage["config"] = [
+            str(ROOT / path) for path in ([stage["config"]] if isinstance(stage["config"], str) else stage["config"])
+        ]
+        overrides = stage.setdefault("overrides", {})
+        overrides.update(EVERY_STAGE | SHORT[stage["name"]])
+        if stage["name"] in ("text", "vit", "align"):
+            overrides.update(WARMUPS)
+        if stage["name"] == "cooldown":
+            overrides["trainer.callbacks.ReWarmup.init_args.warmup_steps"] = 1
+        if stage["name"] == "joint":
+            overrides["trainer.callbacks+"] = KILL
+    path = folder / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def run_pipeline_command(pipeline: Path, kill: bool = False) -> subprocess.CompletedProcess:
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    env.pop("MM_TEST_KILL_PIPELINE", None)
+    if kill:
+        env["MM_TEST_KILL_PIPELINE"] = "1"
+    command = [sys.executable, "-m", "mm_lightning.cli", "pipeline", "--config", str(pipeline)]
+    return subprocess.run(
+        command, cwd=pipeline.parent, env=env, capture_output=True, text=True, timeout=900, start_new_session=True
+    )
