@@ -26,8 +26,8 @@ def test_the_finetune_notebook_runs_and_fine_tuning_helps(short_demo_run: Path, 
         MM_NOTEBOOK_OUT=str(tmp_path / "out"),
     )
     try:
-        client = NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}})
-        client.execute()
+        where = {"metadata": {"path": str(ROOT)}}
+        NotebookClient(notebook, timeout=600, kernel_name="python3", resources=where).execute()
     finally:
         for name in ("MM_NOTEBOOK_CHECKPOINT", "MM_NOTEBOOK_STEPS", "MM_NOTEBOOK_OUT"):
             os.environ.pop(name, None)
