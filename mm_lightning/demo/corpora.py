@@ -16,13 +16,14 @@ import gzip
 import itertools
 import json
 import os
+import random
 import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mm_lightning.demo.emoji_scenes import SceneConfig, generate_scene, write_scene_shards
+from mm_lightning.demo.emoji_scenes import Scene, SceneConfig, emoji_name, generate_scene, write_scene_shards
 from mm_lightning.errors import ConfigError
 from mm_lightning.prep.text import prepare_text_shards
 
@@ -60,7 +61,7 @@ DEMO_TEXTS = {
     # frozen LLM of the alignment stage can express them (the speeches alone leave it at ~7.5 nats per token)
     "sotu-captions": DemoText(
         source=SOTU,
-        version="v4",
+        version="v5",
         captions_from="demo:emoji-scenes",
         caption_documents=98304,
         tokenizer_demo="demo:sotu",
@@ -140,7 +141,8 @@ def read_corpus(path: Path) -> tuple[dict, ...]:
 
 
 def _write_with_captions(source: Path, image_demo: str, count: int, path: Path) -> Path:
-    """The corpus with ``count`` train-split captions of an image-text demo spread between its documents.
+    """The corpus with ``count`` train-split captions of an image-text demo spread between its documents, each
+    caption a look-up document (:func:`lookup_document`).
 
     Each document is followed by an equal share of the captions (one caption a document), so every chunk
     of the prepared stream, and every batch a run draws from one, holds both kinds of text: a captions file of
@@ -148,13 +150,31 @@ def _write_with_captions(source: Path, image_demo: str, count: int, path: Path) 
     """
     documents = [record["text"] for record in read_corpus(source)]
     config = SceneConfig(vocab_size=_image_demo(image_demo)[1].vocab_size)
-    captions = (generate_scene(config, "train", index).caption for index in range(count))
+    captions = (lookup_document(generate_scene(config, "train", index), index) for index in range(count))
     with open(path, "w", encoding="utf-8") as out:
         for position, document in enumerate(documents):
             share = count * (position + 1) // len(documents) - count * position // len(documents)
             for text in [document, *itertools.islice(captions, share)]:
                 out.write(json.dumps({"text": text}) + "\n")
     return path
+
+
+def lookup_document(scene: Scene, index: int) -> str:
+    """A scene's caption after a line listing what it names (background and emoji, in a shuffled order)::
+
+        bee, blue, red apple
+        a red apple above a bee on a blue background
+
+    Text that refers back to what came before (as tags before a description, a list before its use, do on the web)
+    rewards reading the context: a stage-1 LLM trained on these documents takes the caption's words from the line
+    above, and in alignment, with that LLM frozen, the image tokens take the list's place. Plain captions taught the
+    LLM to guess captions without reading anything, and alignment then collapsed the vision path to a constant soft
+    prompt (image-use gap 0.002 nats per caption token after alignment; with these documents 0.234, and the
+    captions name the right background colour 81% of the time, chance 13%).
+    """
+    words = [scene.background, *(emoji_name(sprite) for sprite in scene.sprites)]
+    random.Random(f"lookup-{index}").shuffle(words)
+    return ", ".join(words) + "\n" + scene.caption
 
 
 def _image_demo(name: str) -> tuple[str, DemoImageText]:
