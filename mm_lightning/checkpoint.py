@@ -103,7 +103,7 @@ def load_backbone(path: str | Path, kind: str, prefix: str | None = None) -> nn.
     state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     lora = checkpoint_meta(checkpoint, path).get("lora")
     if lora is not None and lora.get("backbone") == kind:  # a LoRA fine-tune: base weights + adapters, merged
-        config = LoRAConfig(**{k: tuple(v) if k == "targets" else v for k, v in lora.items() if k != "backbone"})
+        config = LoRAConfig(**{k: v for k, v in lora.items() if k != "backbone"})
         apply_lora(module, config)
         load_state_dict_strict(module, state, source=f"{path} ({kind} with LoRA adapters)")
         merge_lora(module)

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from mm_lightning.chat import is_exact_match, normalize_answer
+from mm_lightning.checkpoint import to_plain
 from mm_lightning.errors import ConfigError
 from mm_lightning.generation.chat import answer_prompts
 from mm_lightning.models.lora import LoRAConfig, apply_lora, count_trainable, merge_lora, save_adapters
@@ -66,7 +67,7 @@ class SFTStage(JointStage):
         super().__init__(checkpoint, checkpoint, "weights_only", optimizer, schedule, activation_checkpointing, compile)
         self.save_hyperparameters()  # this class's arguments, not JointStage's
         if isinstance(lora, dict):
-            lora = LoRAConfig(**{k: tuple(v) if k == "targets" else v for k, v in lora.items()})
+            lora = LoRAConfig(**lora)  # as a checkpoint stores it (targets a list: the config makes it a tuple)
         if lora is not None and train_vision:
             raise ConfigError("train_vision needs full fine-tuning (lora: null): LoRA adapts the LLM only")
         self.lora = lora
@@ -123,7 +124,7 @@ class SFTStage(JointStage):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         if self.lora is not None:  # loaders merge the adapters into the base weights (checkpoint.load_backbone)
-            checkpoint["mm_lightning"]["lora"] = {"backbone": "llm", **_plain(self.lora)}
+            checkpoint["mm_lightning"]["lora"] = {"backbone": "llm", **to_plain(self.lora)}
 
     def merge_adapters(self) -> None:
         """Fold the adapters into the LLM's weights (in place): a plain model again, whose checkpoints need no LoRA."""
@@ -159,7 +160,3 @@ def majority_baseline(prompts: list) -> float:
     for prompt in prompts:
         kinds.setdefault(prompt.tag, Counter())[normalize_answer(prompt.answer)] += 1
     return sum(counts.most_common(1)[0][1] for counts in kinds.values()) / max(1, len(prompts))
-
-
-def _plain(config: LoRAConfig) -> dict[str, Any]:
-    return {"rank": config.rank, "alpha": config.alpha, "dropout": config.dropout, "targets": list(config.targets)}
