@@ -27,6 +27,7 @@ COMMANDS = {
     "generate": ("mm_lightning.generation.cli:main", "generate text from a checkpoint, optionally about an image"),
     "evaluate": ("mm_lightning.eval.cli:main", "held-out text perplexity of stage checkpoints on the same rows"),
     "prepare": ("mm_lightning.prep.cli:main", "turn raw text, image-text, video, PDFs or chats into litdata shards"),
+    "convert": ("mm_lightning.interop.cli:main", "weights in and out of Hugging Face (Llama, SigLIP) and open_clip"),
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 

@@ -34,6 +34,7 @@ FLAGS = {
     ],  # fmt: skip
     "evaluate": ["--ckpt", "--data", "--seq-len", "--batch-size"],
     "prepare": ["text", "image-text", "video", "docs", "chat"],
+    "convert": ["export-llama", "import-llama", "import-vit", "export-vision"],
 }
 
 

@@ -4,8 +4,9 @@ Images of any size and aspect ratio arrive as one packed sequence of patches (``
 NaViT, Dehghani et al. 2023). Pre-norm blocks with LayerNorm and a GELU MLP follow SigLIP (Zhai et al.
 2023; the ``so400m`` preset has SigLIP-SO400M's shapes). Positions follow MoonViT: SigLIP's learned
 absolute table, bicubically interpolated to each image's (possibly non-square) patch grid, plus 2-D
-rotary positions in every attention layer. Attention is non-causal and block-diagonal over ``seq_ids``,
-so images packed together never see each other.
+rotary positions in every attention layer (``rope_2d``; switched off, the blocks are SigLIP's, so a tower
+converted from SigLIP by ``mm_lightning.interop`` gives its original features). Attention is non-causal and
+block-diagonal over ``seq_ids``, so images packed together never see each other.
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ class ViTConfig:
     """Side of the learned absolute position-embedding table, interpolated to each image's grid."""
     rope_base: float = 10_000.0
     """Base (theta) of the 2-D rotary positions."""
+    rope_2d: bool = True
+    """Rotate queries and keys by the patch's (row, column) (MoonViT); off, positions come from the table alone
+    (SigLIP), so a converted SigLIP tower gives its original features."""
+    gelu_approximate: str = "tanh"
+    """GELU of the MLP: ``tanh`` (SigLIP's approximation) or ``none`` (the exact GELU of some timm SigLIP towers)."""
     norm_eps: float = 1e-6
     """Epsilon of the LayerNorms."""
     attn_backend: str = "auto"
@@ -55,8 +61,10 @@ class ViTConfig:
         if self.d_model % self.n_heads:
             raise ConfigError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         self.head_dim = self.d_model // self.n_heads
-        if self.head_dim % 4:
+        if self.rope_2d and self.head_dim % 4:
             raise ConfigError(f"head_dim={self.head_dim} must be divisible by 4 for 2-D RoPE")
+        if self.gelu_approximate not in ("tanh", "none"):
+            raise ConfigError(f"gelu_approximate={self.gelu_approximate!r}; choose 'tanh' or 'none'")
 
 
 class Attention(nn.Module):
@@ -68,25 +76,27 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
         self.proj = nn.Linear(config.d_model, config.d_model)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, seq_ids: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor | None, sin: Tensor | None, seq_ids: Tensor) -> Tensor:
         cfg = self.config
         batch, seq_len, _ = x.shape
         q, k, v = self.qkv(x).view(batch, seq_len, 3, cfg.n_heads, cfg.head_dim).permute(2, 0, 3, 1, 4)  # [B, H, N, Dh]
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cos is not None:
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         out = attention(q, k, v, causal=False, seq_ids=seq_ids, backend=cfg.attn_backend)  # [B, H, N, Dh]
         return self.proj(out.transpose(1, 2).reshape(batch, seq_len, -1))
 
 
 class MLP(nn.Module):
-    """SigLIP's feed-forward: ``fc2(gelu_tanh(fc1(x)))``."""
+    """SigLIP's feed-forward: ``fc2(gelu(fc1(x)))``, the GELU tanh-approximated unless ``approximate="none"``."""
 
-    def __init__(self, d_model: int, hidden: int) -> None:
+    def __init__(self, d_model: int, hidden: int, approximate: str = "tanh") -> None:
         super().__init__()
         self.fc1 = nn.Linear(d_model, hidden)
         self.fc2 = nn.Linear(hidden, d_model)
+        self.approximate = approximate
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        return self.fc2(F.gelu(self.fc1(x), approximate=self.approximate))
 
 
 class Block(nn.Module):
@@ -97,9 +107,9 @@ class Block(nn.Module):
         self.attn_norm = nn.LayerNorm(config.d_model, eps=config.norm_eps)
         self.attn = Attention(config)
         self.mlp_norm = nn.LayerNorm(config.d_model, eps=config.norm_eps)
-        self.mlp = MLP(config.d_model, config.mlp_hidden)
+        self.mlp = MLP(config.d_model, config.mlp_hidden, config.gelu_approximate)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, seq_ids: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor | None, sin: Tensor | None, seq_ids: Tensor) -> Tensor:
         x = x + self.attn(self.attn_norm(x), cos, sin, seq_ids)
         return x + self.mlp(self.mlp_norm(x))
 
@@ -165,7 +175,9 @@ class ViT(nn.Module):
         if seq_ids is None:
             seq_ids = torch.repeat_interleave(torch.arange(len(counts), device=patches.device), counts)[None]
         x = self.patch_embed(patches) + self.position_embeddings(grid_hw).to(patches.dtype)  # [1, N, d]
-        cos, sin = rope_2d_cos_sin(grid_hw, self.config.head_dim, self.config.rope_base, x.dtype)  # [1, 1, N, Dh]
+        cos = sin = None
+        if self.config.rope_2d:
+            cos, sin = rope_2d_cos_sin(grid_hw, self.config.head_dim, self.config.rope_base, x.dtype)  # [1, 1, N, Dh]
         for block in self.blocks:
             x = block(x, cos, sin, seq_ids)
         return self.norm(x)
