@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from mm_lightning.errors import one_line
 from mm_lightning.interop.files import ConversionError, check_tensors
 from mm_lightning.models.vit import ViTConfig
 
@@ -30,12 +31,19 @@ GELU_CLASSES = {"GELU": "none", "GELUTanh": "tanh"}
 
 def load_open_clip_tower(spec: str) -> nn.Module:
     """The vision tower of ``NAME:WEIGHTS`` or ``local-dir:FOLDER``, weights loaded, in eval mode."""
+    if spec.startswith("hf-hub:"):
+        raise ConversionError(
+            f"--open-clip {spec!r} would download; fetch the folder yourself and pass local-dir:FOLDER"
+        )
     name, _, weights = spec.partition(":") if not spec.startswith("local-dir:") else (spec, "", "")
     if not weights and not spec.startswith("local-dir:"):
         raise ConversionError(f"--open-clip {spec!r}: name the weights, NAME:STATE.pt (nothing is downloaded)")
     if name not in open_clip.list_models() and not name.startswith("local-dir:"):
         raise ConversionError(f"open_clip has no model {name!r}; its SigLIP ones: {_siglip_names()}")
-    model = open_clip.create_model(name, pretrained=None)
+    try:
+        model = open_clip.create_model(name, pretrained=None)
+    except (ValueError, RuntimeError) as error:  # a local-dir config open_clip cannot read
+        raise ConversionError(f"open_clip cannot build {name} ({one_line(str(error))})") from None
     if weights:
         state = _read_state(Path(weights))
         target = model if any(key.startswith("visual.") for key in state) else model.visual

@@ -14,6 +14,7 @@ transformers = pytest.importorskip("transformers")
 open_clip = pytest.importorskip("open_clip")
 timm = pytest.importorskip("timm")
 from helpers.tiny_hf import randomize, siglip_folder  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
 from timm.models import register_model  # noqa: E402
 
 from mm_lightning import build_backbone  # noqa: E402
@@ -100,17 +101,21 @@ def test_rope_2d_and_a_resized_table_change_the_features(tmp_path):
 @pytest.mark.parametrize(("variant", "image_size"), [("exact_gelu", 32), ("tanh_gelu", 64)])
 def test_open_clip_siglip_gives_the_same_features(tmp_path, variant, image_size):
     name = f"InteropTest-SigLIP-{variant}"
-    (tmp_path / f"{name}.json").write_text(
-        json.dumps(open_clip_config(f"vit_interoptest_siglip_{variant}", image_size))
-    )
+    config = open_clip_config(f"vit_interoptest_siglip_{variant}", image_size)
+    (tmp_path / f"{name}.json").write_text(json.dumps(config))
     open_clip.add_model_config(tmp_path / f"{name}.json")
     model = open_clip.create_model(name, pretrained=None)
     randomize(model.visual, seed=3)
-    torch.save(model.state_dict(), tmp_path / "weights.pt")
-    import_vit(tmp_path / "vit.ckpt", open_clip=f"{name}:{tmp_path / 'weights.pt'}")
-    assert load_backbone(tmp_path / "vit.ckpt", "vit").config.gelu_approximate == variant.split("_")[0].replace(
-        "exact", "none"
-    )
+    if variant == "exact_gelu":  # a built-in name (here: a registered one) and a state dict
+        torch.save(model.state_dict(), tmp_path / "weights.pt")
+        import_vit(tmp_path / "vit.ckpt", open_clip=f"{name}:{tmp_path / 'weights.pt'}")
+    else:  # open_clip's own folder layout
+        (tmp_path / "oc").mkdir()
+        (tmp_path / "oc" / "open_clip_config.json").write_text(json.dumps({"model_cfg": config}))
+        save_file(model.state_dict(), tmp_path / "oc" / "open_clip_model.safetensors")
+        import_vit(tmp_path / "vit.ckpt", open_clip=f"local-dir:{tmp_path / 'oc'}")
+    expected_gelu = {"exact_gelu": "none", "tanh_gelu": "tanh"}[variant]
+    assert load_backbone(tmp_path / "vit.ckpt", "vit").config.gelu_approximate == expected_gelu
     image = pixels(image_size, image_size)
     with torch.no_grad():
         expected = model.visual.trunk.eval().forward_features(image)[0]  # [4, 64], before the MAP head
