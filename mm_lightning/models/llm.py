@@ -10,6 +10,7 @@ packed-sequence ids, so documents packed into one row never attend to each other
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,10 @@ from mm_lightning.models.registry import register_backbone, register_preset
 from mm_lightning.ops.attention import attention, prefix_causal_attention
 from mm_lightning.ops.packing import position_ids_from_seq_ids
 from mm_lightning.ops.rope import apply_rope, rope_cos_sin
+
+HeadLoss = Callable[[Tensor, Tensor], Any]
+"""What ``LLM.forward`` may call in place of its output layer: a function of the final hidden states ``[B, T, d]``
+and the head weight ``[V, d]``, e.g. a chunked next-token loss that never builds the logits whole."""
 
 
 @dataclass
@@ -257,8 +262,9 @@ class LLM(nn.Module):
         seq_ids: Tensor | None = None,
         kv_cache: KVCache | None = None,
         replace_embeds: tuple[Tensor, Tensor] | None = None,
-    ) -> Tensor:
-        """Next-token logits.
+        head_loss: HeadLoss | None = None,
+    ) -> Any:
+        """Next-token logits, or a loss computed from the final hidden states in their place.
 
         Args:
             input_ids: ``[B, T]`` token ids (or pass ``inputs_embeds``).
@@ -272,11 +278,16 @@ class LLM(nn.Module):
             replace_embeds: ``(mask [B, T] bool, values [n, d_model])``: the embeddings at the ``n`` masked
                 positions become the rows of ``values`` in reading order (image features). Inside ``forward``,
                 so that under FSDP2 the embedding is gathered by the LLM's own hooks.
+            head_loss: called as ``head_loss(hidden [B, T, d_model], lm_head.weight [V, d_model])`` instead of the
+                output layer, e.g. a chunked next-token loss (``NextTokenLoss.from_hidden`` with its labels bound)
+                that never builds the logits whole. Inside ``forward``, so that under FSDP2 the head is gathered.
 
         Returns:
-            ``[B, T, vocab_size]`` logits.
+            ``[B, T, vocab_size]`` logits, or what ``head_loss`` returns.
         """
         hidden = self.hidden_states(input_ids, inputs_embeds, position_ids, seq_ids, kv_cache, replace_embeds)
+        if head_loss is not None:
+            return head_loss(hidden, self.lm_head.weight)
         return self.lm_head(hidden)
 
     def new_kv_cache(

@@ -9,10 +9,12 @@ packed-sequence ids keeping them apart, and image positions carry no next-token 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
-from mm_lightning.models.llm import LLM
+from mm_lightning.models.llm import LLM, HeadLoss
 from mm_lightning.models.projector import Projector
 from mm_lightning.models.registry import build_backbone
 from mm_lightning.models.vit import ViT, split_grids
@@ -63,8 +65,8 @@ class VLM(nn.Module):
 
     def forward(self, input_ids: Tensor, patches: Tensor | None = None, grid_hw: Tensor | None = None,
                 patch_seq_ids: Tensor | None = None, position_ids: Tensor | None = None,
-                seq_ids: Tensor | None = None) -> Tensor:  # fmt: skip
-        """Next-token logits ``[B, T, V]`` of (packed) multimodal rows.
+                seq_ids: Tensor | None = None, head_loss: HeadLoss | None = None) -> Any:  # fmt: skip
+        """Next-token logits ``[B, T, V]`` of (packed) multimodal rows, or ``head_loss``'s result (see ``LLM.forward``).
 
         The image tokens are spliced in inside the LLM's ``forward`` (``replace_embeds``), not through
         :meth:`embed`, so that FSDP2 gathers the embedding table with the LLM's own hooks.
@@ -73,12 +75,12 @@ class VLM(nn.Module):
         if patches is None:
             if is_image.any():
                 raise ValueError(f"{int(is_image.sum())} <|image|> positions but no images were given")
-            return self.llm(input_ids=input_ids, position_ids=position_ids, seq_ids=seq_ids)
+            return self.llm(input_ids=input_ids, position_ids=position_ids, seq_ids=seq_ids, head_loss=head_loss)
         tokens = self.image_tokens(patches, grid_hw, patch_seq_ids)  # [n, d]
         if tokens.shape[0] != int(is_image.sum()):
             raise ValueError(f"{int(is_image.sum())} <|image|> positions for {tokens.shape[0]} image tokens")
         return self.llm(input_ids=input_ids, position_ids=position_ids, seq_ids=seq_ids,
-                        replace_embeds=(is_image, tokens))  # fmt: skip
+                        replace_embeds=(is_image, tokens), head_loss=head_loss)  # fmt: skip
 
 
 def expand_image_placeholders(token_ids: list[int], tokens_per_image: list[int], image_token_id: int) -> list[int]:

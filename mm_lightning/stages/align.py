@@ -9,6 +9,7 @@ input checkpoint: it rebuilds the backbones from the configs the loaded checkpoi
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -16,7 +17,8 @@ from torchmetrics import MeanMetric
 
 from mm_lightning.data.caption_rows import caption_rows
 from mm_lightning.eval.predictions import document_losses
-from mm_lightning.losses import NextTokenLoss
+from mm_lightning.losses.next_token import DEFAULT_CHUNK_SIZE, NextTokenLoss
+from mm_lightning.models.llm import HeadLoss
 from mm_lightning.models.registry import build_backbone
 from mm_lightning.optim import OptimizerConfig
 from mm_lightning.schedules import LRSchedule
@@ -36,6 +38,8 @@ class AlignStage(VisionLanguageStage):
         schedule: this stage's own LR schedule.
         activation_checkpointing: recompute block activations in backward.
         compile: ``torch.compile`` each block.
+        loss_chunk_size: tokens per chunk of the output layer's loss (its logits never exist whole); 0 or null:
+            the whole batch's logits at once.
     """
 
     def __init__(
@@ -48,6 +52,7 @@ class AlignStage(VisionLanguageStage):
         schedule: LRSchedule | None = None,
         activation_checkpointing: bool = False,
         compile: bool = False,
+        loss_chunk_size: int | None = DEFAULT_CHUNK_SIZE,
     ) -> None:
         super().__init__(optimizer, schedule, 0, activation_checkpointing, compile)
         self.save_hyperparameters()
@@ -56,7 +61,7 @@ class AlignStage(VisionLanguageStage):
         self.inherit_image_preprocessing(vit_checkpoint)
         widths = {"vision_dim": self.vit.config.d_model, "llm_dim": self.llm.config.d_model}
         self.projector = build_backbone("projector", projector, **{**widths, **(projector_overrides or {})})
-        self.loss = NextTokenLoss()
+        self.loss = NextTokenLoss(loss_chunk_size)
         self.val_loss = MeanMetric()
 
     def setup(self, stage: str) -> None:
@@ -68,14 +73,20 @@ class AlignStage(VisionLanguageStage):
     def caption_logits(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """The batch's captioning rows (:func:`caption_rows`: one packed sequence per image) and their logits."""
         rows = caption_rows(batch, self.projector.num_tokens, IMAGE_ID)
-        logits = self.vlm(rows["input_ids"], batch["patches"], batch["grid_hw"], batch["seq_ids"],
-                          position_ids=rows["position_ids"], seq_ids=rows["seq_ids"])  # fmt: skip
-        return rows, logits  # [1, T, V]
+        return rows, self.caption_forward(batch, rows)  # [1, T, V]
 
     def caption_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
-        """Next-token loss over the captions given the images, and the number of caption targets."""
-        rows, logits = self.caption_logits(batch)
-        return self.loss(logits, rows["labels"])["loss"], int((rows["labels"] >= 0).sum())
+        """Next-token loss over the captions given the images (chunked), and the number of caption targets."""
+        rows = caption_rows(batch, self.projector.num_tokens, IMAGE_ID)
+        losses = self.caption_forward(batch, rows, partial(self.loss.from_hidden, labels=rows["labels"]))
+        return losses["loss"], int((rows["labels"] >= 0).sum())
+
+    def caption_forward(
+        self, batch: dict[str, Any], rows: dict[str, torch.Tensor], head_loss: HeadLoss | None = None
+    ) -> Any:
+        """The VLM over the captioning ``rows`` of ``batch``'s images: logits, or ``head_loss``'s result."""
+        return self.vlm(rows["input_ids"], batch["patches"], batch["grid_hw"], batch["seq_ids"],
+                        position_ids=rows["position_ids"], seq_ids=rows["seq_ids"], head_loss=head_loss)  # fmt: skip
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss, targets = self.caption_loss(batch)

@@ -18,6 +18,7 @@ collectives, in the same order.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -27,7 +28,8 @@ from mm_lightning.callbacks.lr_schedule import LRSchedulerResume
 from mm_lightning.errors import ConfigError
 from mm_lightning.eval.predictions import attach_captions, document_losses
 from mm_lightning.handoff import HANDOFF_MODES, carry_optimizer_state, check_optimizer_state
-from mm_lightning.losses import NextTokenLoss
+from mm_lightning.losses.next_token import DEFAULT_CHUNK_SIZE, NextTokenLoss
+from mm_lightning.models.llm import HeadLoss
 from mm_lightning.optim import OptimizerConfig
 from mm_lightning.schedules import LRSchedule
 from mm_lightning.stages.vision_language import VisionLanguageStage
@@ -48,6 +50,8 @@ class JointStage(VisionLanguageStage):
         schedule: this stage's LR schedule when it does not continue an earlier one.
         activation_checkpointing: recompute block activations in backward.
         compile: ``torch.compile`` each block.
+        loss_chunk_size: tokens per chunk of the output layer's loss (its logits never exist whole); 0 or null:
+            the whole batch's logits at once.
     """
 
     def __init__(
@@ -59,6 +63,7 @@ class JointStage(VisionLanguageStage):
         schedule: LRSchedule | None = None,
         activation_checkpointing: bool = False,
         compile: bool = False,
+        loss_chunk_size: int | None = DEFAULT_CHUNK_SIZE,
     ) -> None:
         super().__init__(optimizer, schedule, 0, activation_checkpointing, compile)
         if handoff not in HANDOFF_MODES:
@@ -72,7 +77,7 @@ class JointStage(VisionLanguageStage):
         self.vit = self.inherit_backbone(vision_checkpoint or llm_checkpoint, "vit")
         self.projector = self.inherit_backbone(vision_checkpoint or llm_checkpoint, "projector")
         self.inherit_image_preprocessing(vision_checkpoint or llm_checkpoint)
-        self.loss = NextTokenLoss()
+        self.loss = NextTokenLoss(loss_chunk_size)
         self._val_sums: dict[int, list[float]] = {}
 
     def setup(self, stage: str) -> None:
@@ -94,11 +99,12 @@ class JointStage(VisionLanguageStage):
         rank_zero_info(f"JointStage: optimizer moments carried for {len(carried)} parameters, {len(fresh)} fresh")
 
     def next_token_loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Next-token loss of a packed mixed batch (labels already ignore images, prompts and padding)."""
-        return self.loss(self.logits(batch), batch["labels"])["loss"]
+        """Next-token loss of a packed mixed batch (labels already ignore images, prompts and padding), chunked."""
+        return self.logits(batch, head_loss=partial(self.loss.from_hidden, labels=batch["labels"]))["loss"]
 
-    def logits(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Next-token logits ``[R, L, V]`` of a packed mixed batch, its images spliced in."""
+    def logits(self, batch: dict[str, Any], head_loss: HeadLoss | None = None) -> Any:
+        """Next-token logits ``[R, L, V]`` of a packed mixed batch, its images spliced in; ``head_loss``'s result
+        instead when given (see ``LLM.forward``)."""
         has_images = batch.get("patches") is not None
         any_images = has_images
         if self.trainer.world_size > 1:  # every rank decides together, then calls the same collectives in order
@@ -116,7 +122,7 @@ class JointStage(VisionLanguageStage):
             # tower at the same point of the backward pass as real ones, and FSDP2 reduces in the same order
             replace = (is_image, tokens)
         return self.llm(input_ids=batch["input_ids"], position_ids=batch["position_ids"], seq_ids=batch["seq_ids"],
-                        replace_embeds=replace)  # fmt: skip
+                        replace_embeds=replace, head_loss=head_loss)  # fmt: skip
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.next_token_loss(batch)

@@ -31,6 +31,7 @@ from mm_lightning.chat import is_exact_match, normalize_answer
 from mm_lightning.checkpoint import to_plain
 from mm_lightning.errors import ConfigError
 from mm_lightning.generation.chat import answer_prompts
+from mm_lightning.losses.next_token import DEFAULT_CHUNK_SIZE
 from mm_lightning.models.lora import LoRAConfig, apply_lora, count_trainable, merge_lora, save_adapters
 from mm_lightning.optim import OptimizerConfig
 from mm_lightning.schedules import LRSchedule
@@ -50,6 +51,8 @@ class SFTStage(JointStage):
         schedule: this stage's LR schedule (from step 0).
         activation_checkpointing: recompute block activations in backward.
         compile: ``torch.compile`` each block.
+        loss_chunk_size: tokens per chunk of the output layer's loss (its logits never exist whole); 0 or null:
+            the whole batch's logits at once.
     """
 
     def __init__(
@@ -63,8 +66,12 @@ class SFTStage(JointStage):
         schedule: LRSchedule | None = None,
         activation_checkpointing: bool = False,
         compile: bool = False,
+        loss_chunk_size: int | None = DEFAULT_CHUNK_SIZE,
     ) -> None:
-        super().__init__(checkpoint, checkpoint, "weights_only", optimizer, schedule, activation_checkpointing, compile)
+        super().__init__(
+            checkpoint, checkpoint, "weights_only", optimizer, schedule, activation_checkpointing, compile,
+            loss_chunk_size=loss_chunk_size,
+        )  # fmt: skip
         self.save_hyperparameters()  # this class's arguments, not JointStage's
         if isinstance(lora, dict):
             lora = LoRAConfig(**lora)  # as a checkpoint stores it (targets a list: the config makes it a tuple)

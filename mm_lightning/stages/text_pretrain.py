@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import torch
 from torchmetrics import MeanMetric
 
 from mm_lightning.eval.predictions import document_losses
-from mm_lightning.losses import NextTokenLoss
+from mm_lightning.losses.next_token import DEFAULT_CHUNK_SIZE, NextTokenLoss
 from mm_lightning.models.registry import build_backbone
 from mm_lightning.optim import OptimizerConfig
 from mm_lightning.schedules import LRSchedule
@@ -27,6 +28,8 @@ class TextPretrainStage(StageModule):
         global_step_offset: pipeline-global step at which this stage starts.
         activation_checkpointing: recompute block activations in backward.
         compile: ``torch.compile`` each block.
+        loss_chunk_size: tokens per chunk of the output layer's loss (its logits never exist whole); 0 or null:
+            the whole row's logits at once.
     """
 
     def __init__(
@@ -38,11 +41,12 @@ class TextPretrainStage(StageModule):
         global_step_offset: int = 0,
         activation_checkpointing: bool = False,
         compile: bool = False,
+        loss_chunk_size: int | None = DEFAULT_CHUNK_SIZE,
     ) -> None:
         super().__init__(optimizer, schedule, global_step_offset, activation_checkpointing, compile)
         self.save_hyperparameters()
         self.llm = build_backbone("llm", llm, **(llm_overrides or {}))
-        self.loss = NextTokenLoss()
+        self.loss = NextTokenLoss(loss_chunk_size)
         self.val_loss = MeanMetric()
 
     def backbones(self) -> dict[str, torch.nn.Module]:
@@ -54,16 +58,22 @@ class TextPretrainStage(StageModule):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.llm(input_ids=batch["input_ids"], position_ids=batch["position_ids"], seq_ids=batch["seq_ids"])
 
+    def next_token_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The loss terms of a packed batch, from the final hidden states (chunked: no whole logits)."""
+        head_loss = partial(self.loss.from_hidden, labels=batch["labels"])
+        return self.llm(input_ids=batch["input_ids"], position_ids=batch["position_ids"], seq_ids=batch["seq_ids"],
+                        head_loss=head_loss)  # fmt: skip
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         input_ids = batch["input_ids"]  # [B, T]
         self.flops_per_batch = self.llm.flops_per_token(input_ids.shape[1]) * input_ids.numel()
-        losses = self.loss(self(batch), batch["labels"])
+        losses = self.next_token_loss(batch)
         self.log_losses(losses, "train", sync_dist=True)
         self.count_tokens(input_ids.numel())
         return losses["loss"]
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        losses = self.loss(self(batch), batch["labels"])
+        losses = self.next_token_loss(batch)
         self.val_loss.update(losses["loss"], weight=batch["labels"].numel())
 
     def on_validation_epoch_end(self) -> None:
