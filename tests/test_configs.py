@@ -81,3 +81,18 @@ def test_cli_config_mistakes_get_one_clear_line(tmp_path, mm_cache, override, me
     assert run.returncode == 2
     assert re.search(message, run.stderr), run.stderr[-2000:]
     assert "Traceback" not in run.stderr
+
+
+def test_the_128k_long_context_config_is_the_recipes_last_sub_stage():
+    """128K rows, RoPE base 800,000, recomputed blocks, FSDP2 on one GPU (or N by two overrides), chunked loss."""
+    path = CONFIGS / "joint_long_context" / "1b_fsdp2_128k.yaml"
+    for gpus in (1, 8):
+        extra = [] if gpus == 1 else ["--trainer.devices", "8", "--trainer.strategy.init_args.data_parallel_size", "8"]
+        config = ParseOnlyCLI(**CLI_CLASSES, args=["fit", "--config", str(path), *extra], run=True).config["fit"]
+        strategy = config["trainer"]["strategy"]
+        assert strategy["class_path"].endswith("ModelParallelStrategy")
+        assert int(config["trainer"]["devices"]) == strategy["init_args"]["data_parallel_size"] == gpus
+    model = config["model"]["init_args"]
+    assert model["activation_checkpointing"] and model["loss_chunk_size"] > 0
+    (switch,) = [c["init_args"] for c in config["trainer"]["callbacks"] if c["class_path"].endswith("RoPEBaseSwitch")]
+    assert (switch["base"], switch["seq_len"]) == (800_000, 131_072)
