@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torchmetrics import MeanMetric
 
+from mm_lightning.errors import ConfigError
 from mm_lightning.eval.predictions import document_losses
 from mm_lightning.losses.next_token import DEFAULT_CHUNK_SIZE, NextTokenLoss
 from mm_lightning.models.registry import build_backbone
@@ -30,6 +31,9 @@ class TextPretrainStage(StageModule):
         compile: ``torch.compile`` each block.
         loss_chunk_size: tokens per chunk of the output layer's loss (its logits never exist whole); 0 or null:
             the whole row's logits at once.
+        llm_checkpoint: start from the LLM of this checkpoint (a stage's, or one ``mm-lightning convert import-llama``
+            wrote from a Hugging Face Llama): its recorded architecture replaces ``llm``, and ``llm_overrides`` stays
+            unset. Weights only: the optimizer and LR schedule are this stage's.
     """
 
     def __init__(
@@ -42,10 +46,18 @@ class TextPretrainStage(StageModule):
         activation_checkpointing: bool = False,
         compile: bool = False,
         loss_chunk_size: int | None = DEFAULT_CHUNK_SIZE,
+        llm_checkpoint: str | None = None,
     ) -> None:
         super().__init__(optimizer, schedule, global_step_offset, activation_checkpointing, compile)
         self.save_hyperparameters()
-        self.llm = build_backbone("llm", llm, **(llm_overrides or {}))
+        if llm_checkpoint is None:
+            self.llm = build_backbone("llm", llm, **(llm_overrides or {}))
+        elif llm_overrides:
+            raise ConfigError(
+                "llm_overrides change a preset; with llm_checkpoint the LLM is the checkpoint's: unset them"
+            )
+        else:
+            self.llm = self.inherit_backbone(llm_checkpoint, "llm")
         self.loss = NextTokenLoss(loss_chunk_size)
         self.val_loss = MeanMetric()
 
