@@ -18,6 +18,7 @@ from mm_lightning.checkpoint import checkpoint_meta, load_backbone, load_checkpo
 from mm_lightning.interop.checkpoints import save_backbones  # noqa: E402
 from mm_lightning.interop.files import ConversionError  # noqa: E402
 from mm_lightning.interop.llama import export_llama, import_llama, register_llama_preset  # noqa: E402
+from mm_lightning.models import registry  # noqa: E402
 from mm_lightning.models.registry import get_preset  # noqa: E402
 from mm_lightning.tokenizer import EOD_ID, PAD_ID, train_bpe_tokenizer  # noqa: E402
 
@@ -111,7 +112,9 @@ def test_export_writes_the_project_tokenizer_for_auto_tokenizer(tmp_path):
     assert checkpoint_meta(load_checkpoint(tmp_path / "back.ckpt"))["tokenizer"] == tokenizer.to_str()
 
 
-def test_registry_preset_from_a_llama_config(tmp_path):
+def test_registry_preset_from_a_llama_config(tmp_path, monkeypatch):
+    llm_kind = registry._KINDS["llm"]
+    monkeypatch.setattr(llm_kind, "presets", dict(llm_kind.presets))  # the registration ends with the test
     source = llama_folder(tmp_path, tie=True)
     config = register_llama_preset("test-interop-tiny-llama", source)
     assert get_preset("llm", "test-interop-tiny-llama") == config
