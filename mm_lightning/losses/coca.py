@@ -15,11 +15,19 @@ class CoCaLoss(nn.Module):
         contrastive: ``sigmoid`` (SigLIP, Kimi-VL's choice) or ``softmax`` (CLIP, the CoCa paper's).
         caption_weight: weight of the captioning term (Kimi-VL: 2).
         pad_id: padding token id, used when no caption mask is given.
+        global_negatives: in training under data parallelism, every rank's embeddings are the contrastive
+            negatives (``ContrastiveLoss``).
     """
 
-    def __init__(self, contrastive: ContrastiveKind = "sigmoid", caption_weight: float = 2.0, pad_id: int = 1) -> None:
+    def __init__(
+        self,
+        contrastive: ContrastiveKind = "sigmoid",
+        caption_weight: float = 2.0,
+        pad_id: int = 1,
+        global_negatives: bool = True,
+    ) -> None:
         super().__init__()
-        self.contrastive = ContrastiveLoss(contrastive)
+        self.contrastive = ContrastiveLoss(contrastive, global_negatives)
         self.caption = CaptionLoss(pad_id)
         self.caption_weight = caption_weight
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from lightning.pytorch.strategies import ModelParallelStrategy
 from torchmetrics import MeanMetric
 
 from mm_lightning.eval.predictions import embedding_records
@@ -32,6 +33,8 @@ class ViTCoCaStage(StageModule):
         coca_overrides: CoCa config fields to override (e.g. ``vocab_size`` for another tokenizer).
         contrastive: ``sigmoid`` (SigLIP, the default) or ``softmax`` (CLIP).
         caption_weight: weight of the caption loss (Kimi-VL: 2.0).
+        global_negatives: under data parallelism, contrast each rank's pairs with every rank's embeddings (the
+            global batch's negatives, as one process would see them); off: the local batch's only.
         optimizer: optimizer choice and hyper-parameters.
         schedule: LR schedule piece; the ViT stages count their own steps.
         activation_checkpointing: recompute block activations in backward.
@@ -46,6 +49,7 @@ class ViTCoCaStage(StageModule):
         coca_overrides: dict[str, Any] | None = None,
         contrastive: str = "sigmoid",
         caption_weight: float = 2.0,
+        global_negatives: bool = True,
         optimizer: OptimizerConfig | None = None,
         schedule: LRSchedule | None = None,
         activation_checkpointing: bool = False,
@@ -56,12 +60,17 @@ class ViTCoCaStage(StageModule):
         self.vit = build_backbone("vit", vit, **(vit_overrides or {}))
         coca_fields = {"vision_dim": self.vit.config.d_model, **(coca_overrides or {})}
         self.coca = build_backbone("coca", coca, **coca_fields)
-        self.loss = CoCaLoss(contrastive=contrastive, caption_weight=caption_weight)
+        self.loss = CoCaLoss(contrastive=contrastive, caption_weight=caption_weight, global_negatives=global_negatives)
         self.val_caption = MeanMetric()
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, list[str]]] = []
 
     def backbones(self) -> dict[str, torch.nn.Module]:
         return {"vit": self.vit, "coca": self.coca}
+
+    def configure_model(self) -> None:
+        super().configure_model()
+        if self._trainer is not None and isinstance(self.trainer.strategy, ModelParallelStrategy):
+            self.loss.contrastive.group = self.device_mesh["data_parallel"].get_group()  # negatives from each replica
 
     def setup(self, stage: str) -> None:
         self.check_vocab_fits(self.coca.config.vocab_size, "coca_overrides")
