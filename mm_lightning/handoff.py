@@ -14,6 +14,7 @@ inner optimizer's order (``optimizer_param_names``); the moments are then matche
 
 from __future__ import annotations
 
+from itertools import accumulate
 from typing import Any
 
 import torch
@@ -59,11 +60,14 @@ def carry_optimizer_state(
     saved_all = checkpoint["optimizer_states"][0]
     names = {id(param): name for name, param in module.named_parameters()}
     carried = []
+    first_index = dict(zip(recorded, accumulate((len(part) for part in recorded.values()), initial=0)))
     for key, inner in inner_optimizers(optimizer).items():
         if key not in recorded:
             raise ConfigError(f"{checkpoint_path}'s optimizer has no {key or 'single'} part; use handoff weights_only")
-        saved = saved_all[key] if key else saved_all
-        by_name = {name: saved["state"][i] for i, name in enumerate(recorded[key]) if i in saved["state"]}
+        # one numbering across the inner optimizers (MuonWithAdamW's state dict), or an older part per inner one
+        saved, first = (saved_all[key], 0) if key in saved_all else (saved_all, first_index[key])
+        states = saved["state"]
+        by_name = {name: states[first + i] for i, name in enumerate(recorded[key]) if first + i in states}
         for group in inner.param_groups:
             for param in group["params"]:
                 state = by_name.get(names[id(param)])

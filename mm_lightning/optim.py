@@ -3,6 +3,11 @@
 Muon (Jordan et al. 2024; Liu et al. 2025, "Muon is Scalable for LLM Training") orthogonalises the
 momentum of each hidden weight matrix; with ``adjust_lr_fn="match_rms_adamw"`` its update RMS matches
 AdamW's, so one LR schedule drives both. Embeddings, the output head and norm gains stay on AdamW.
+
+Under FSDP2 a matrix is a ``DTensor`` whose rows are spread over the ranks, and Newton-Schulz needs the whole
+matrix: :class:`ShardedMuon` keeps the momentum sharded like its parameter and has each whole matrix orthogonalised
+by one owner rank (:mod:`mm_lightning.parallel.newton_schulz`), then applies this rank's rows of the result. The
+optimizer state is laid out exactly as the parameters are, so FSDP2's checkpoints save and load it like AdamW's.
 """
 
 from __future__ import annotations
@@ -12,9 +17,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+
+# torch's own Newton-Schulz iteration and LR adjustment, so a sharded matrix gets the single-process arithmetic
+from torch.optim._muon import _adjust_lr, _zeropower_via_newtonschulz
 
 from mm_lightning.errors import ConfigError
+from mm_lightning.parallel.newton_schulz import orthogonalise_all
 
 
 @dataclass
@@ -33,15 +42,45 @@ class OptimizerConfig:
     """Muon momentum (Nesterov)."""
 
 
+class ShardedMuon(torch.optim.Muon):
+    """``torch.optim.Muon`` that also steps FSDP2-sharded (``DTensor``) matrices, orthogonalising each whole.
+
+    Per matrix, the arithmetic is ``torch.optim.Muon``'s, in its order (plain tensors give the same bits); the state
+    (``momentum_buffer``) is ``torch.optim.Muon``'s, sharded like its parameter.
+    """
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = evaluate(closure)
+        for group in self.param_groups:
+            params: list[Tensor] = []
+            grads: list[Tensor] = []
+            buffers: list[Tensor] = []
+            self._init_group(group, params, grads, buffers)
+            updates = []
+            for grad, buffer in zip(grads, buffers, strict=True):
+                buffer.lerp_(grad, 1 - group["momentum"])
+                updates.append(grad.lerp(buffer, group["momentum"]) if group["nesterov"] else buffer)
+            coefficients, steps, eps = group["ns_coefficients"], group["ns_steps"], group["eps"]
+            orthogonal = orthogonalise_all(updates, lambda m: _zeropower_via_newtonschulz(m, coefficients, steps, eps))
+            for param, update in zip(params, orthogonal, strict=True):
+                param.mul_(1 - group["lr"] * group["weight_decay"])
+                param.add_(update, alpha=-_adjust_lr(group["lr"], group["adjust_lr_fn"], param.shape))
+        return loss
+
+
 class MuonWithAdamW(torch.optim.Optimizer):
     """One optimizer object over two inner ones, so Lightning and LR schedulers see a single optimizer.
 
-    ``param_groups`` are the inner optimizers' own group dicts, so a scheduler's LR reaches both.
+    ``param_groups`` are the inner optimizers' own group dicts (Muon's first), so a scheduler's LR reaches both,
+    and ``state`` is one dict that both inner optimizers write into. Its ``state_dict`` is therefore a standard
+    torch one (parameters numbered across Muon's groups, then AdamW's), the form FSDP2's distributed checkpoint
+    functions read and write; a checkpoint of the older ``{"muon": ..., "adamw": ...}`` form still loads.
     """
 
     def __init__(self, muon_params: list[nn.Parameter], adamw_groups: list[dict[str, Any]], lr: float,
                  config: OptimizerConfig) -> None:  # fmt: skip
-        self.muon = torch.optim.Muon(
+        self.muon = ShardedMuon(
             muon_params,
             lr=lr,
             weight_decay=config.weight_decay,
@@ -50,23 +89,45 @@ class MuonWithAdamW(torch.optim.Optimizer):
         )
         self.adamw = build_adamw(adamw_groups, lr, config)
         super().__init__(self.muon.param_groups + self.adamw.param_groups, defaults={"lr": lr})
+        self.muon.state = self.adamw.state = self.state
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate(closure)
         self.muon.step()
         self.adamw.step()
         return loss
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
-
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.muon.load_state_dict(state_dict["muon"])
-        self.adamw.load_state_dict(state_dict["adamw"])
+        """Each inner optimizer loads its share (its own group defaults and state placement apply); then the
+        groups and the one state dict are shared again."""
+        if "muon" in state_dict:  # the older form: one state dict per inner optimizer
+            parts = [state_dict["muon"], state_dict["adamw"]]
+        else:
+            muon_groups = len(self.muon.param_groups)
+            parts = [_state_of_groups(state_dict, slice(None, muon_groups)),
+                     _state_of_groups(state_dict, slice(muon_groups, None))]  # fmt: skip
+        self.muon.load_state_dict(parts[0])
+        self.adamw.load_state_dict(parts[1])
+        self.param_groups = self.muon.param_groups + self.adamw.param_groups
+        self.state = self.muon.state
+        self.state.update(self.adamw.state)
+        self.adamw.state = self.state
+
+
+def evaluate(closure: Callable[[], Any] | None) -> Any:
+    """An optimizer's ``closure`` run with gradients on (it recomputes the loss), or None without one."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
+def _state_of_groups(state_dict: dict[str, Any], groups: slice) -> dict[str, Any]:
+    """The part of a standard optimizer ``state_dict`` that belongs to the param groups ``groups``."""
+    param_groups = state_dict["param_groups"][groups]
+    ids = {index for group in param_groups for index in group["params"]}
+    return {"state": {k: v for k, v in state_dict["state"].items() if k in ids}, "param_groups": param_groups}
 
 
 def build_adamw(groups: list[dict[str, Any]], lr: float, config: OptimizerConfig) -> torch.optim.AdamW:

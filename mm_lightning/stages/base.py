@@ -141,8 +141,6 @@ class StageModule(pl.LightningModule):
             return
         mesh = None
         if isinstance(self.trainer.strategy, ModelParallelStrategy):
-            if self.optimizer_config.name == "muon" and self.trainer.world_size > 1:
-                raise ConfigError("Muon needs whole weight matrices; with FSDP2 sharding use optimizer.name=adamw.")
             mesh = self.device_mesh["data_parallel"]
         for module in self.backbones().values():  # every backbone: an unsharded one would skip gradient sync
             blocks = getattr(module, "blocks", nn.ModuleList())  # a projector is one unit, no blocks
