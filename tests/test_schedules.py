@@ -3,7 +3,18 @@
 import pytest
 import torch
 
-from mm_lightning.schedules import LRSchedule, build_lr_scheduler, check_table, lr_at, lr_at_table, rewarmup_piece
+from mm_lightning.schedules import (
+    LRSchedule,
+    build_lr_scheduler,
+    check_table,
+    fit_table_to_stage,
+    fit_to_stage,
+    lr_at,
+    lr_at_table,
+    rewarmup_piece,
+    shortened_warmup,
+    stage_end_mismatch,
+)
 
 
 def wsd(**kw):
@@ -89,3 +100,40 @@ def test_torch_scheduler_follows_a_table():
         opt.step()
         sched.step()
     assert seen == pytest.approx([lr_at_table(table, 45 + i) for i in range(10)])
+
+
+def test_a_piece_without_total_steps_ends_with_its_stage():
+    own = LRSchedule(peak_lr=1.0, min_lr=0.1, warmup_steps=2)  # no total_steps: the stage's max_steps decides
+    fitted = fit_to_stage(own, stage_start=0, stage_steps=20)
+    assert (fitted.total_steps, fitted.wsd_decay_steps) == (20, 4)  # the decay: the last 20%
+    assert lr_at(fitted, 20) == pytest.approx(0.1) and lr_at(fitted, 15) == 1.0
+    later = fit_to_stage(LRSchedule(warmup_steps=2, start_step=100), stage_start=100, stage_steps=20)
+    assert later.total_steps == 20  # a piece starting with a later stage ends with that stage too
+    long_warmup = LRSchedule(warmup_steps=30)  # a warmup that leaves no room for the decay: the first 10%
+    short = fit_to_stage(long_warmup, 0, 20)
+    assert (short.warmup_steps, short.wsd_decay_steps) == (2, 4)
+    assert shortened_warmup(long_warmup, short) == (
+        "schedule.warmup_steps=30 does not fit in the stage's 20 steps (trainer.max_steps) with its decay: "
+        "warming up over 2 steps"
+    )
+    assert shortened_warmup(own, fitted) is None
+    explicit = wsd(total_steps=500, decay_steps=100)
+    assert fit_table_to_stage([explicit, own], 0, 20) == [explicit, fitted]  # a length set by hand wins
+
+
+def test_a_schedule_that_cannot_follow_max_steps_fails_in_one_line():
+    with pytest.raises(ValueError, match="trainer.max_steps is not set"):
+        fit_to_stage(LRSchedule(), 0, -1)
+    with pytest.raises(ValueError, match=r"exceed total_steps \(20\) \(total_steps follows trainer.max_steps=20\)"):
+        fit_to_stage(LRSchedule(warmup_steps=3, decay_steps=30), 0, 20)  # a decay set by hand is kept
+    with pytest.raises(ValueError, match="no total_steps yet"):
+        lr_at(LRSchedule(), 500)
+
+
+def test_a_length_set_by_hand_that_misses_the_stage_end_is_named():
+    assert stage_end_mismatch(wsd(total_steps=20, decay_steps=4), 0, 20) is None
+    assert stage_end_mismatch(LRSchedule(), 0, 20) is None  # nothing set: it will follow max_steps
+    assert stage_end_mismatch(wsd(total_steps=20, decay_steps=4), 0, -1) is None  # no max_steps to compare with
+    line = stage_end_mismatch(wsd(total_steps=100), 0, 20)
+    assert "total_steps=100" in line and "after this stage's end at 20" in line and "\n" not in line
+    assert "before this stage's end at 30" in stage_end_mismatch(wsd(total_steps=20, decay_steps=4), 10, 20)

@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from mm_lightning.checkpoint import checkpoint_meta, load_checkpoint
 from mm_lightning.errors import ConfigError
-from mm_lightning.schedules import LRSchedule, lr_at_table, rewarmup_piece
+from mm_lightning.schedules import LRSchedule, fit_table_to_stage, lr_at_table, rewarmup_piece
 
 
 class LRSchedulerResume(pl.Callback):
@@ -85,7 +85,9 @@ class ReWarmup(pl.Callback):
         if total is None or total <= 0:
             raise ConfigError("ReWarmup needs total_steps or trainer.max_steps to know where the decay ends")
         start = pl_module.global_step_offset if self.start_step is None else self.start_step
-        table = [piece for piece in pl_module.schedule_table if piece.start_step < start]
+        # a stage's own piece without total_steps gets the stage's length first (a resumed table has its lengths)
+        table = fit_table_to_stage(pl_module.schedule_table, pl_module.global_step_offset, trainer.max_steps)
+        table = [piece for piece in table if piece.start_step < start]
         if not table:
             raise ConfigError(
                 f"ReWarmup at global step {start} has no earlier schedule to warm up from; resume one with "

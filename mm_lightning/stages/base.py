@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from mm_lightning.checkpoint import (
@@ -39,7 +40,15 @@ from mm_lightning.media.images import ImagePreprocessing
 from mm_lightning.models.registry import build_from_config, config_from_dict
 from mm_lightning.optim import OptimizerConfig, build_optimizer
 from mm_lightning.parallel import parallelize
-from mm_lightning.schedules import LRSchedule, build_lr_scheduler, check_table
+from mm_lightning.schedules import (
+    LRSchedule,
+    build_lr_scheduler,
+    check_table,
+    fit_table_to_stage,
+    fit_to_stage,
+    shortened_warmup,
+    stage_end_mismatch,
+)
 
 TOKEN_ID_KEYS = ("input_ids", "caption_ids")
 """The batch keys holding token ids that index the model's embedding."""
@@ -148,10 +157,26 @@ class StageModule(pl.LightningModule):
         self._parallelized = True
 
     def configure_optimizers(self) -> dict[str, Any]:
+        self.fit_schedule_to_stage()
         table = check_table(self.schedule_table)
         optimizer = build_optimizer(self, self.optimizer_config, lr=table[0].peak_lr)
         scheduler = build_lr_scheduler(optimizer, table, step_offset=self.global_step_offset)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def fit_schedule_to_stage(self) -> None:
+        """Give the schedule pieces without ``total_steps`` the stage's length (``trainer.max_steps``), warning in one
+        line when this stage's own piece has a ``total_steps`` set by hand that ends elsewhere or a warmup that had to
+        be shortened. A table that ``LRSchedulerResume`` brought from an earlier stage keeps that stage's lengths."""
+        steps = self.trainer.max_steps if self._trainer is not None else -1
+        if any(piece is self.schedule for piece in self.schedule_table):  # its own piece, not a resumed table
+            fitted = fit_to_stage(self.schedule, self.global_step_offset, steps)
+            for line in (stage_end_mismatch(self.schedule, self.global_step_offset, steps),
+                         shortened_warmup(self.schedule, fitted)):  # fmt: skip
+                if line:
+                    rank_zero_warn(line)
+            self.schedule_table = [fitted if piece is self.schedule else piece for piece in self.schedule_table]
+            self.schedule = fitted
+        self.schedule_table = fit_table_to_stage(self.schedule_table, self.global_step_offset, steps)
 
     def count_tokens(self, tokens_in_local_batch: int) -> None:
         """Add one optimizer step's tokens (all ranks) to ``tokens_seen`` and log it with the LR."""

@@ -1,5 +1,6 @@
 """The recipe's callbacks on real (micro) stages: LR resume across stages, re-warmup, RoPE base switch."""
 
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -96,3 +97,26 @@ def test_rope_switch_survives_loading_and_rebuilds_the_rotary_tables(tmp_path):
     again = TextPretrainStage(llm="tiny", llm_overrides=MICRO)
     again.load_state_dict(module.state_dict())
     assert again.llm.rope_base == 800_000.0
+
+
+def test_a_schedule_without_total_steps_follows_max_steps_and_a_resumed_one_keeps_its_lengths(tmp_path):
+    own = LRSchedule(peak_lr=1e-2, min_lr=1e-3, warmup_steps=2)  # no total_steps: trainer.max_steps decides
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        text, lrs, ckpt = run_stage(tmp_path, "text", 10, [], schedule=own)
+        joint, lrs3, _ = run_stage(tmp_path, "joint", 4, [LRSchedulerResume(str(ckpt))],
+                                   schedule=LRSchedule(peak_lr=5.0, warmup_steps=1, total_steps=1000))  # fmt: skip
+    assert not [w for w in caught if "schedule" in str(w.message)]  # nothing set by hand that misses the stage end
+    piece = text.schedule_table[0]
+    assert (piece.total_steps, piece.wsd_decay_steps) == (10, 2) and text.schedule == piece
+    assert lrs[:3] == pytest.approx([0.0, 5e-3, 1e-2]) and lrs[-1] == pytest.approx(5.5e-3)  # halfway down at step 9
+    assert load_checkpoint(ckpt)["mm_lightning"]["schedule_table"][0]["total_steps"] == 10  # the next stage reads it
+    assert joint.schedule_table == [piece] and lrs3 == pytest.approx([1e-3] * 4)  # stage 1's table, past its end
+
+
+def test_a_total_steps_set_by_hand_that_misses_the_stage_end_warns_once(tmp_path):
+    schedule = LRSchedule(peak_lr=1e-2, min_lr=1e-3, warmup_steps=3, total_steps=40, decay_steps=10)
+    with pytest.warns(UserWarning, match="total_steps=40 ends the LR schedule at global step 40, after") as caught:
+        module, _, _ = run_stage(tmp_path, "long", 5, [], schedule=schedule)
+    assert len([w for w in caught if "ends the LR schedule" in str(w.message)]) == 1
+    assert module.schedule_table == [schedule]  # explicit values win
