@@ -14,7 +14,13 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from mm_lightning.callbacks import NonFiniteGuard, PredictionWriter, StageCheckpoint, TokenThroughputMonitor
+from mm_lightning.callbacks import (
+    FinalValidation,
+    NonFiniteGuard,
+    PredictionWriter,
+    StageCheckpoint,
+    TokenThroughputMonitor,
+)
 from mm_lightning.checkpoint import check_checkpoint_fits
 from mm_lightning.errors import ConfigError, find_user_error
 from mm_lightning.stages import StageModule
@@ -30,8 +36,9 @@ class FitConfigOnly(SaveConfigCallback):
 
 
 class MMLightningCLI(LightningCLI):
-    """LightningCLI over any stage module and datamodule, with the throughput monitor, NaN guard and prediction
-    writer always on (``predict`` writes ``predictions.jsonl`` in its log folder; ``--predictions.path`` elsewhere).
+    """LightningCLI over any stage module and datamodule, with the throughput monitor, NaN guard, prediction writer
+    and final validation always on (``predict`` writes ``predictions.jsonl`` in its log folder; ``--predictions.path``
+    elsewhere; every stage validates at its last step, :class:`~mm_lightning.callbacks.FinalValidation`).
 
     Unlike LightningCLI, ``--ckpt_path`` does not replace the model's arguments with the checkpoint's: the config
     decides the model, and a checkpoint that does not fit it (another stage or architecture, another optimizer
@@ -44,6 +51,7 @@ class MMLightningCLI(LightningCLI):
         parser.add_lightning_class_args(TokenThroughputMonitor, "throughput")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
+        parser.add_lightning_class_args(FinalValidation, "final_validation")
 
     def _parse_ckpt_path(self) -> None:
         pass  # the config decides the model; before_<subcommand> checks that the checkpoint fits it
@@ -56,7 +64,9 @@ class MMLightningCLI(LightningCLI):
             check_checkpoint_fits(self.model, self._ckpt_path(), resuming=True)
 
     def after_fit(self) -> None:
-        """A run resumed at (or past) its last step trained nothing: validate it and write its ``last.ckpt``."""
+        """A run resumed at (or past) its last step trained nothing: validate it and write its ``last.ckpt``.
+
+        (A run that trained validated at its last step already: ``FinalValidation``.)"""
         ckpt_path, trainer = self._ckpt_path(), self.trainer
         checkpoint = next((cb for cb in trainer.checkpoint_callbacks if isinstance(cb, StageCheckpoint)), None)
         if not ckpt_path or checkpoint is None or checkpoint.trained or trainer.interrupted:

@@ -2,6 +2,7 @@
 
 from mm_lightning.callbacks.caption_checks import CaptionChecks
 from mm_lightning.callbacks.emoji_probe import EmojiIdentityProbe
+from mm_lightning.callbacks.final_validation import FinalValidation
 from mm_lightning.callbacks.lr_schedule import LRSchedulerResume, ReWarmup
 from mm_lightning.callbacks.mixing import ProgressiveMixing
 from mm_lightning.callbacks.nonfinite import NonFiniteGuard
@@ -14,6 +15,7 @@ from mm_lightning.callbacks.throughput import TokenThroughputMonitor
 __all__ = [
     "CaptionChecks",
     "EmojiIdentityProbe",
+    "FinalValidation",
     "LRSchedulerResume",
     "NonFiniteGuard",
     "PasskeyEvaluation",
