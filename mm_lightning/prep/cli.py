@@ -22,6 +22,7 @@ from mm_lightning.prep.docs import prepare_docs_shards
 from mm_lightning.prep.image_text import prepare_image_text_shards
 from mm_lightning.prep.media import PrepRun
 from mm_lightning.prep.text import CHUNK_TOKENS, prepare_text_shards
+from mm_lightning.prep.text_readers import DOC_CHARS, TXT_SPLITS
 from mm_lightning.prep.video import prepare_video_shards
 
 
@@ -64,6 +65,10 @@ def build_parser(prog: str = "mm-lightning prepare") -> argparse.ArgumentParser:
     text.add_argument("--vocab-size", type=int, default=8192, help="vocabulary size of the trained tokenizer")
     text.add_argument("--text-field", default="text", help="text key of .jsonl records / .parquet column")
     text.add_argument("--chunk-tokens", type=int, default=CHUNK_TOKENS, help="tokens per litdata chunk")
+    text.add_argument("--txt-split", choices=TXT_SPLITS, default="blank-lines",
+                      help="how a .txt becomes documents: paragraphs (between blank lines) grouped up to --doc-chars, "
+                           "lines grouped up to --doc-chars (size), or the whole file (file)")  # fmt: skip
+    text.add_argument("--doc-chars", type=int, default=DOC_CHARS, help="most characters of a .txt document")
     _add_run_arguments(text, "record", "documents", "tokenizing")
 
     pairs = _subcommand(subparsers, "image-text", "image-caption pairs for the ViT and joint stages",
@@ -101,7 +106,7 @@ def build_parser(prog: str = "mm-lightning prepare") -> argparse.ArgumentParser:
 def _prepare_text(args: argparse.Namespace) -> dict:
     return prepare_text_shards(
         args.inputs, args.output, tokenizer=args.tokenizer, vocab_size=args.vocab_size, text_field=args.text_field,
-        chunk_tokens=args.chunk_tokens, **_run_options(args),
+        chunk_tokens=args.chunk_tokens, txt_split=args.txt_split, doc_chars=args.doc_chars, **_run_options(args),
     )  # fmt: skip
 
 

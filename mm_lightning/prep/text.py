@@ -15,7 +15,9 @@ so they skip exactly what the scan counted, and the scan's document counts are c
 written index at the end.
 
 The split of a record is a hash of (its file's path relative to the input, its record number), so it
-does not depend on worker count, file order or the other files of the corpus.
+does not depend on worker count, file order or the other files of the corpus. A record is a document: a .jsonl
+line, a parquet row, or one of the documents a .txt file is cut into (:class:`~mm_lightning.prep.text_readers.
+TxtDocuments`: paragraphs grouped up to ``doc_chars`` by default), so one large .txt is split by documents too.
 """
 
 from __future__ import annotations
@@ -39,10 +41,12 @@ from tqdm import tqdm
 
 from mm_lightning import tokenizer as tokenizer_lib
 from mm_lightning.prep.text_readers import (
+    DOC_CHARS,
     SKIP_REASONS,
     Record,
     SourceFile,
     TextPrepError,
+    TxtDocuments,
     find_source_files,
     iter_records,
 )
@@ -92,6 +96,7 @@ class CorpusScan:
     sources: list[SourceFile]
     text_field: str
     val_fraction: float
+    txt: TxtDocuments = field(default_factory=TxtDocuments)
     documents: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
     skipped: dict[str, Counter] = field(default_factory=lambda: {s: Counter() for s in SPLITS})
     file_documents: dict[tuple[int, str], int] = field(default_factory=Counter)
@@ -150,7 +155,7 @@ def scan_texts(scan: CorpusScan, report: _Reporter, progress: bool = True) -> It
     with tqdm(total=total, unit="B", unit_scale=True, desc="scan", disable=not progress) as bar:
         for file_idx, source in enumerate(scan.sources):
             try:
-                for record in iter_records(source, scan.text_field):
+                for record in iter_records(source, scan.text_field, scan.txt):
                     split = scan.split_of(file_idx, record.index)
                     if record.reason is not None:
                         scan.skipped[split][record.reason] += 1
@@ -188,7 +193,7 @@ class ShardWriter:
         source, split = self.scan.sources[item.file_idx], SPLITS[item.split_idx]
         eod = tokenizer_lib.eod_id(self._tok)
         batch: list[str] = []
-        for record in iter_records(source, self.scan.text_field):
+        for record in iter_records(source, self.scan.text_field, self.scan.txt):
             mine = record.index % item.num_parts == item.part
             if mine and record.reason is None and self.scan.split_of(item.file_idx, record.index) == split:
                 batch.append(record.text)
@@ -216,12 +221,14 @@ def prepare_text_shards(
     progress: bool = True,
     report: Callable[[str], None] | None = None,
     chunk_tokens: int = CHUNK_TOKENS,
+    txt_split: str = "blank-lines",
+    doc_chars: int = DOC_CHARS,
 ) -> dict:
     """Tokenize a corpus into ``output_dir/{tokenizer.json,train/,val/,prep_summary.json}``.
 
     Args:
         inputs: files or folders (searched recursively) of .txt, .jsonl, .parquet (.txt.gz, .jsonl.gz too).
-            A .txt file is one document; a .jsonl line or a parquet row is one document.
+            A .jsonl line or a parquet row is one document; a .txt file is cut into documents (``txt_split``).
         output_dir: a local folder (not a URL); it must not hold prepared data already unless ``overwrite``.
         tokenizer: a ``tokenizer.json`` to use (copied to the output); trained on the corpus when ``None``.
         vocab_size: the size of the trained tokenizer (ignored when ``tokenizer`` is given).
@@ -234,6 +241,9 @@ def prepare_text_shards(
         report: where bad-record messages go (default: stderr).
         chunk_tokens: tokens per litdata chunk; a run that streams a fraction of the corpus mixes documents
             from only the chunks it visits, so keep chunks to a small share of the corpus.
+        txt_split: how a .txt file becomes documents: ``blank-lines`` (paragraphs grouped up to ``doc_chars``
+            characters), ``size`` (lines grouped up to ``doc_chars``) or ``file`` (the whole file is one document).
+        doc_chars: the most characters of a .txt document (``blank-lines`` and ``size``).
 
     Returns:
         The summary also written to ``prep_summary.json``.
@@ -246,9 +256,10 @@ def prepare_text_shards(
         raise TextPrepError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if chunk_tokens < 1:
         raise TextPrepError(f"chunk_tokens must be positive, got {chunk_tokens}")
+    txt = TxtDocuments(txt_split, doc_chars)
     start = time.perf_counter()
     existing = _existing_outputs(out, overwrite)
-    scan = CorpusScan(find_source_files(inputs), text_field, val_fraction)
+    scan = CorpusScan(find_source_files(inputs), text_field, val_fraction, txt)
     reporter = _Reporter(strict, report or (lambda msg: tqdm.write(msg, file=sys.stderr)))
     texts = scan_texts(scan, reporter, progress)
     tok = _scan_and_get_tokenizer(texts, tokenizer, vocab_size)
@@ -300,7 +311,10 @@ def _check_documents(scan: CorpusScan, inputs: Sequence[str | Path]) -> None:
     found = f"{len(scan.sources)} file(s) scanned: {detail}"
     if total == 0:
         raise TextPrepError(f"No usable documents in {names} ({found})")
-    raise TextPrepError(f"Only one usable document in {names} ({found}); at least 2 are needed (train and val)")
+    hint = ""
+    if any(source.kind == "txt" for source in scan.sources):
+        hint = f" (a .txt is cut into documents of up to {scan.txt.doc_chars} characters: --txt-split, --doc-chars)"
+    raise TextPrepError(f"Only one usable document in {names} ({found}); at least 2 are needed (train and val){hint}")
 
 
 def _write_split(
@@ -367,6 +381,7 @@ def _summarize(scan: CorpusScan, out: Path, tok, inputs, tokenizer, seconds: flo
         "inputs": [str(p) for p in inputs],
         "files": len(scan.sources),
         "text_field": scan.text_field,
+        "txt_documents": {"split": scan.txt.split, "doc_chars": scan.txt.doc_chars},
         "val_fraction": scan.val_fraction,
         "tokenizer": {
             "source": str(tokenizer) if tokenizer else "trained",
