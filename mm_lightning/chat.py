@@ -159,8 +159,7 @@ def answer_text(tokenizer, generated: Sequence[int]) -> str:
     """The answer in generated ids: up to the first end of turn, special tokens dropped, stripped."""
     ids = list(generated)
     ids = ids[: ids.index(END_OF_TURN_ID)] if END_OF_TURN_ID in ids else ids
-    kept = [t for t in ids if t >= len(tokenizer_lib.SPECIAL_TOKENS)]
-    return tokenizer_lib.decode(tokenizer, kept).strip()
+    return tokenizer_lib.decode_generated(tokenizer, ids).strip()
 
 
 def normalize_answer(text: str) -> str:

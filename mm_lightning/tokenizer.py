@@ -155,3 +155,21 @@ def encode_batch(tok: Tokenizer, texts: list[str]) -> list[list[int]]:
 def decode(tok: Tokenizer, ids: Iterable[int]) -> str:
     """The text of ``ids``; special tokens are kept as their strings, so no token is lost."""
     return tok.decode(list(ids), skip_special_tokens=False)
+
+
+def decode_generated(tok: Tokenizer, ids: Iterable[int]) -> str:
+    """The text of generated ``ids`` as people read it: no special token shows, neither by id (ids 0..4 and any
+    other token the tokenizer marks special) nor as text (a special token's string spelt with ordinary tokens).
+
+    Every decode of generated text (captions, chat answers, ``generate``) goes through here.
+    """
+    text = tok.decode([i for i in ids if i >= len(SPECIAL_TOKENS)], skip_special_tokens=True)
+    for token in special_token_strings(tok):
+        text = text.replace(token, "")
+    return text
+
+
+def special_token_strings(tok: Tokenizer) -> list[str]:
+    """The strings of the tokenizer's special tokens: the five at ids 0..4 and any other it marks special."""
+    extra = [added.content for added in tok.get_added_tokens_decoder().values() if added.special]
+    return list(dict.fromkeys([*SPECIAL_TOKENS, *extra]))

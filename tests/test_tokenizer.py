@@ -60,3 +60,21 @@ def test_commands_given_a_bad_tokenizer_fail_in_one_line(tmp_path: Path, capsys:
     assert err.startswith("mm-lightning prepare: error: ") and f"{bad} is not a tokenizer.json" in err
     err = run_cli(capsys, "generate", "--ckpt", str(tmp_path / "any.ckpt"), "--tokenizer", str(bad))
     assert err.startswith("mm-lightning generate: error: ") and f"{bad} is not a tokenizer.json" in err
+
+
+def test_generated_text_never_shows_special_tokens() -> None:
+    from tokenizers import AddedToken
+
+    from mm_lightning.chat import answer_text
+    from mm_lightning.generation.caption import decode_text
+
+    tok = tokenizer_lib.train_bpe_tokenizer(["a red apple on a blue background"] * 20, vocab_size=300)
+    tok.add_special_tokens([AddedToken("<|begin_of_text|>", special=True)])  # as an imported tokenizer may have
+    extra = tok.token_to_id("<|begin_of_text|>")
+    words = tokenizer_lib.encode(tok, "a red apple")
+    spelt = tokenizer_lib.encode(tok, "<|image_start|> x")  # the string in ordinary tokens, not the special id
+    ids = [*tokenizer_lib.IMAGE_SPAN * 7, extra, *words, tokenizer_lib.PAD_ID, *spelt]
+    assert tokenizer_lib.decode_generated(tok, ids) == "a red apple x"
+    assert "<|image_start|>" in tokenizer_lib.decode(tok, ids)  # the lossless decode keeps them
+    assert decode_text(tok, [*ids, tokenizer_lib.EOD_ID, *words]) == "a red apple x"  # captions, generate
+    assert answer_text(tok, [tokenizer_lib.IMAGE_START_ID, *words, tokenizer_lib.EOD_ID]) == "a red apple"  # chat

@@ -56,7 +56,7 @@ def decode_text(tokenizer, new_ids: Sequence[int]) -> str:
     eod = tokenizer_lib.eod_id(tokenizer)
     ids = list(new_ids)
     ids = ids[: ids.index(eod)] if eod in ids else ids
-    return tokenizer_lib.decode(tokenizer, [t for t in ids if t >= len(tokenizer_lib.SPECIAL_TOKENS)])
+    return tokenizer_lib.decode_generated(tokenizer, ids)
 
 
 @torch.no_grad()
