@@ -39,6 +39,7 @@ def test_every_stage_of_a_pipeline_composes_and_parses(path, tmp_path, monkeypat
         composed.write_text(yaml.safe_dump(compose_stage_config(stage, spec.run_dir)))
         cli = parse(composed)
         assert cli.config["fit"]["trainer"]["logger"]["init_args"]["save_dir"] == str(tmp_path), stage.name
+        assert cli.config["fit"]["trainer"]["logger"]["init_args"]["default_hp_metric"] is False, stage.name
 
 
 # what the stage configs leave to StageCheckpoint's defaults: step<global step>.ckpt files, all kept, and last.ckpt
@@ -53,6 +54,7 @@ def test_stage_config_parses_with_the_checkpoint_policy(path):
     (checkpoint,) = [item for item in callbacks if item["class_path"] == "mm_lightning.callbacks.StageCheckpoint"]
     assert {key: checkpoint["init_args"][key] for key in CHECKPOINT_POLICY} == CHECKPOINT_POLICY
     assert checkpoint["init_args"]["every_n_train_steps"] > 0
+    assert config["trainer"]["logger"]["init_args"]["default_hp_metric"] is False  # no hp_metric = -1 placeholder
 
 
 @pytest.mark.parametrize("path", OVERLAYS, ids=lambda p: str(p.relative_to(CONFIGS)))

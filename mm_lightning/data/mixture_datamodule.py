@@ -225,6 +225,15 @@ class MixtureDataModule(L.LightningDataModule):
         flags = {source_kind(s.kind).multimodal for s in self.val_specs}
         return [name for name, multimodal in (("text", False), ("multimodal", True)) if multimodal in flags]
 
+    @property
+    def val_set_names(self) -> list[str]:
+        """What each of :attr:`val_groups` validates on: its sources' names joined by ``+`` (``sotu``,
+        ``long_text+replay_text``). The joint stages' metric tags carry it (``val/text_ppl_sotu``), so distinct
+        validation sets get distinct tags: name the validation sources of different data (or row lengths) apart."""
+        names = {group: [s.name for s in self.val_specs if source_kind(s.kind).multimodal == (group == "multimodal")]
+                 for group in self.val_groups}  # fmt: skip
+        return ["+".join(names[group]) for group in self.val_groups]
+
     def val_dataloader(self) -> list[DataLoader]:
         """One loader per :attr:`val_groups` (held-out text alone, multimodal alone), the same batches every time."""
         return [self._loader(self.batches(f"val:{group}", 0, self.val_batches)) for group in self.val_groups]

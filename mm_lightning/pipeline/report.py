@@ -322,11 +322,11 @@ def _evaluation_group(tag: str) -> str | None:
     """Which kind of evaluation a validation tag reports, or None for one the summary leaves out (or checks)."""
     if tag.startswith("val/probe_"):  # listed with the capability checks
         return None
-    if tag.endswith("ppl"):
+    if tag.endswith("ppl") or tag.startswith("val/text_ppl_"):  # the joint stages name the set: val/text_ppl_sotu
         return "perplexity"
     if "r@" in tag:
         return "retrieval recall"
-    if tag in ("val/caption", "val/multimodal_loss"):
+    if tag in ("val/caption", "val/multimodal_loss") or tag.startswith("val/multimodal_loss_"):
         return "caption quality"
     if tag.startswith("val/passkey"):
         return "passkey accuracy"

@@ -342,12 +342,16 @@ TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
 
 
 def _route_logger(logger: Any, run_dir: Path, name: str) -> Any:
-    """The stage's logger(s) with a TensorBoard logger writing to ``<run_dir>/<name>/logs``."""
-    routed = {"class_path": TENSORBOARD, "init_args": {"save_dir": str(run_dir), "name": name, "version": "logs"}}
+    """The stage's logger(s) with a TensorBoard logger writing to ``<run_dir>/<name>/logs`` (the stage config's other
+    TensorBoard arguments kept; no ``hp_metric = -1`` placeholder unless it asks for one)."""
     if logger is False:
         raise ConfigError(f"stage {name!r}: the pipeline reads TensorBoard logs back; drop `trainer.logger: false`.")
     loggers = logger if isinstance(logger, list) else [] if logger in (None, True) else [logger]
-    kept = [item for item in loggers if not (isinstance(item, dict) and _class_name(item) == "TensorBoardLogger")]
+    tensorboard = [item for item in loggers if isinstance(item, dict) and _class_name(item) == "TensorBoardLogger"]
+    kept = [item for item in loggers if not any(item is found for found in tensorboard)]
+    given = (tensorboard[0].get("init_args") or {}) if tensorboard else {}
+    routed_args = {"default_hp_metric": False, **given, "save_dir": str(run_dir), "name": name, "version": "logs"}
+    routed = {"class_path": TENSORBOARD, "init_args": routed_args}
     return [routed, *kept] if kept else routed
 
 

@@ -140,14 +140,16 @@ class JointStage(VisionLanguageStage):
 
     def on_validation_epoch_end(self) -> None:
         groups = getattr(self.trainer.datamodule, "val_groups", VAL_GROUPS[:1])
+        sets = getattr(self.trainer.datamodule, "val_set_names", None) or [None] * len(groups)
         metrics = {}
         for index, (total, count) in sorted(self._val_sums.items()):
             mean = torch.tensor([total, count], dtype=torch.float64, device=self.device)
             mean = self.trainer.strategy.reduce(mean, reduce_op="sum") if self.trainer.world_size > 1 else mean
             loss = (mean[0] / mean[1].clamp(min=1)).item()
-            metrics[f"val/{groups[index]}_loss"] = loss
+            suffix = f"_{sets[index]}" if sets[index] else ""  # the validation set: distinct sets, distinct tags
+            metrics[f"val/{groups[index]}_loss{suffix}"] = loss
             if groups[index] == "text":
-                metrics["val/text_ppl"] = float(torch.tensor(loss).exp())
+                metrics[f"val/text_ppl{suffix}"] = float(torch.tensor(loss).exp())
         self._val_sums.clear()
         if metrics:
             self.report_validation(metrics, headline=next(iter(metrics)))

@@ -415,6 +415,7 @@ def test_real_text_and_image_text_sources(prepared: Path) -> None:
     assert_same_batches(list(dm.batches("train", 0, 3)), list(DataLoader(dm.batches("train", 0, 3), batch_size=None,
                                                                          num_workers=2)))  # fmt: skip
     assert dm.val_groups == ["text", "multimodal"]  # held-out text alone (perplexity), multimodal alone
+    assert dm.val_set_names == ["text", "captions"]  # what each validates on: the stages' tags carry it
     text_val, mm_val = (list(loader) for loader in dm.val_dataloader())
     assert len(text_val) == len(mm_val) == 2 and all(int(v["input_ids"].shape[1]) == 64 for v in text_val + mm_val)
     assert all(v["patches"] is None and not v["sample_multimodal"].any() for v in text_val)
@@ -440,3 +441,14 @@ def test_yaml_config_builds_the_datamodule() -> None:
     dm = parser.instantiate(config).data
     assert dm.share == ShareSchedule(0.1, 0.4, 200, "step") and dm.specs[0].options == {"items": 9}
     assert dm.state_dict()["share"]["shape"] == "step"
+
+
+def test_each_validation_group_is_named_by_its_sources() -> None:
+    """The joint stages tag their validation metrics with these names (``val/text_ppl_long+replay``)."""
+    sources = [{"name": "text", "kind": "text", "path": "demo:sotu"},
+               {"name": "scenes", "kind": "image_text", "path": "demo:emoji-scenes"}]  # fmt: skip
+    val = [{"name": "long", "kind": "text", "path": "demo:sotu"}, {"name": "scenes", "kind": "image_text",
+           "path": "demo:emoji-scenes"}, {"name": "replay", "kind": "text", "path": "demo:sotu-captions"}]  # fmt: skip
+    assert MixtureDataModule(sources, val_sources=val).val_set_names == ["long+replay", "scenes"]
+    assert MixtureDataModule(sources, val_sources=val[:1]).val_set_names == ["long"]
+    assert MixtureDataModule(sources).val_set_names == ["text", "scenes"]  # no val_sources: the training sources

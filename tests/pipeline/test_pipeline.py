@@ -116,11 +116,22 @@ def test_inputs_overrides_and_outputs_are_written_into_the_stage_config(tmp_path
         "save_last": True,
     }
     assert get_at(config, "trainer.logger.init_args") == {
+        "default_hp_metric": False,  # no hp_metric = -1 placeholder; the config's other arguments would be kept
         "save_dir": str(spec.run_dir),
         "name": "joint",
         "version": "logs",
     }
     assert get_at(STAGE_CONFIG, "model.init_args.llm_checkpoint") == "old.ckpt"  # the stage file is not changed
+
+
+def test_the_routed_logger_keeps_the_stage_configs_tensorboard_arguments(tmp_path: Path) -> None:
+    stages = recipe_stages()
+    logger = "trainer.logger.init_args"
+    stages[0]["overrides"] = {f"{logger}.default_hp_metric": True, f"{logger}.prefix": "p"}
+    spec = load_pipeline(write_pipeline(tmp_path, stages))
+    args = get_at(compose_stage_config(spec.stage("joint"), spec.run_dir), logger)
+    assert args == {"default_hp_metric": True, "prefix": "p", "save_dir": str(spec.run_dir), "name": "joint",
+                    "version": "logs"}  # fmt: skip
 
 
 def test_dotted_keys_name_list_items_by_class_and_fail_clearly() -> None:

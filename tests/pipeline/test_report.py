@@ -9,7 +9,14 @@ import pytest
 from matplotlib.image import imread
 from torch.utils.tensorboard import SummaryWriter
 
-from mm_lightning.pipeline.report import format_duration, format_summary, stage_offsets, to_pipeline_steps, write_report
+from mm_lightning.pipeline.report import (
+    _evaluation_group,
+    format_duration,
+    format_summary,
+    stage_offsets,
+    to_pipeline_steps,
+    write_report,
+)
 
 
 def write_events(log_dir: Path, scalars: dict[str, dict[int, float]]) -> str:
@@ -190,3 +197,10 @@ def test_unfinished_and_unlogged_stages_are_reported_without_crashing(tmp_path: 
     assert "3. long stage [long]: not run (pending)" in text
     assert "4. joint pre-training [joint]: stopped (out of memory), wall time 12 s, no figures yet" in text
     assert "Total: 2 of 4 stages run" in text
+
+
+def test_named_validation_sets_are_summarised_with_their_kind():
+    assert _evaluation_group("val/text_ppl_sotu") == _evaluation_group("val/ppl") == "perplexity"
+    assert _evaluation_group("val/text_ppl_long_text_32k+replay_text_32k") == "perplexity"
+    assert _evaluation_group("val/multimodal_loss_scenes") == _evaluation_group("val/caption") == "caption quality"
+    assert _evaluation_group("val/text_loss_sotu") is None  # the perplexity says it

@@ -72,7 +72,8 @@ def test_joint_stage_tests_and_predicts_captions(tiny, tmp_path, one_thread):
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
                          callbacks=[writer], default_root_dir=tmp_path)  # fmt: skip
     trainer.test(stage, mixture(), verbose=False)
-    assert {"test/text_loss", "test/text_ppl", "test/multimodal_loss"} <= set(trainer.callback_metrics)
+    # each metric names its validation set (the mixture's sources "text" and "scenes")
+    assert {"test/text_loss_text", "test/text_ppl_text", "test/multimodal_loss_scenes"} <= set(trainer.callback_metrics)
     trainer.predict(stage, mixture(), return_predictions=False)
     records = [json.loads(line) for line in (tmp_path / "joint.jsonl").read_text().splitlines()]
     assert {r["group"] for r in records} == {"text", "multimodal"}
