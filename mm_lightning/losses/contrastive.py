@@ -115,8 +115,9 @@ class ContrastiveLoss(nn.Module):
         Args:
             image_embed: ``[b, E]`` image embeddings (L2-normalised).
             text_embed: ``[b, E]`` text embeddings (L2-normalised).
-            logit_scale: scalar multiplying the cosine similarities (already exponentiated).
-            logit_bias: scalar added to the logits (sigmoid only; None = 0).
+            logit_scale: scalar multiplying the cosine similarities (already exponentiated); 0-d or ``[1]`` (as
+                ``CoCaHeads`` returns it), which broadcast alike.
+            logit_bias: scalar added to the logits (sigmoid only; None = 0); 0-d or ``[1]``.
 
         Returns:
             ``{"contrastive": loss, "loss": loss}``; with global negatives, this rank's share (their mean over the

@@ -12,7 +12,9 @@ plus captioning through a tiny text decoder. This module holds everything except
   tokens, continuing from the unimodal encoder's hidden states (as in the paper), then next-token logits;
 - the learnable **logit scale and bias** (SigLIP init: ``exp(scale) = 10``, bias ``-10``). They live here,
   not in the loss, so that they are sharded and gradient-synchronised with the model under FSDP2 and
-  saved with the backbone; the forward returns them and the losses take them as inputs.
+  saved with the backbone; the forward returns them and the losses take them as inputs. Each is a
+  1-element parameter (``[1]``), since FSDP2's ``fully_shard`` refuses 0-d ones; a checkpoint that stored
+  them 0-d (before FSDP2 support) still loads.
 
 The image features arrive packed NaViT-style, ``[1, N, vision_dim]`` with ``seq_ids [1, N]`` naming the
 image of every patch. The pooler scatters them into a per-image padded layout ``[B, P_max, vision_dim]``
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -240,9 +243,17 @@ class CoCaHeads(nn.Module):
         self.image_proj = nn.Linear(config.d_model, config.embed_dim, bias=False)
         self.decoder_norm = nn.LayerNorm(config.d_model, eps=config.norm_eps)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        self.logit_scale = nn.Parameter(torch.empty(()))
-        self.logit_bias = nn.Parameter(torch.empty(()))
+        self.logit_scale = nn.Parameter(torch.empty(1))  # [1]: fully_shard refuses 0-d parameters
+        self.logit_bias = nn.Parameter(torch.empty(1))  # [1]
         self.reset_parameters()
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        """Also load a checkpoint that stored the logit scale and bias 0-d, as they were before FSDP2 support."""
+        for name in ("logit_scale", "logit_bias"):
+            value = state_dict.get(prefix + name)
+            if isinstance(value, Tensor) and value.dim() == 0:
+                state_dict[prefix + name] = value.reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def reset_parameters(self) -> None:
         """Normal init; residual output projections scaled by ``1/sqrt(2 * n_blocks)``; SigLIP scale and bias."""
@@ -277,7 +288,7 @@ class CoCaHeads(nn.Module):
         Returns:
             ``image_embed`` ``[B, E]`` and ``text_embed`` ``[B, E]`` (L2-normalised); ``caption_logits``
             ``[B, L, V]`` (position ``t`` predicts token ``t + 1``); ``logit_scale`` (``exp`` of the
-            learnable log-scale, capped at 100) and ``logit_bias``, both scalars.
+            learnable log-scale, capped at 100) and ``logit_bias``, both ``[1]`` (they broadcast like scalars).
         """
         n_images, seq_len = caption_ids.shape
         if seq_len > self.config.max_text_len:

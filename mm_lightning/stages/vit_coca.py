@@ -75,6 +75,16 @@ class ViTCoCaStage(StageModule):
     def setup(self, stage: str) -> None:
         self.check_vocab_fits(self.coca.config.vocab_size, "coca_overrides")
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A full resume also reads a checkpoint from before FSDP2 support, whose logit scale and bias were 0-d: their
+        moments become ``[1]`` like them (``CoCaHeads`` reshapes the weights; no other parameter is 0-d)."""
+        super().on_load_checkpoint(checkpoint)
+        for optimizer_state in checkpoint.get("optimizer_states", []):
+            for moments in optimizer_state.get("state", {}).values():
+                for key, value in moments.items():
+                    if key != "step" and isinstance(value, torch.Tensor) and value.dim() == 0:
+                        moments[key] = value.reshape(1)
+
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         features = self.vit(batch["patches"], batch["grid_hw"], batch["seq_ids"])  # [1, N, D]
         return self.coca(features, batch["seq_ids"], batch["caption_ids"], batch["caption_mask"])

@@ -1,5 +1,6 @@
 """CoCa heads and losses: open_clip's own losses as references, packed images kept apart, presets build."""
 
+import dataclasses
 import math
 
 import pytest
@@ -8,6 +9,7 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss, SigLipLoss
 
 from mm_lightning import build_backbone, list_backbones
+from mm_lightning.checkpoint import META_KEY, load_backbone
 from mm_lightning.errors import ConfigError
 from mm_lightning.losses import CaptionLoss, CoCaLoss, ContrastiveLoss
 from mm_lightning.models import CoCaHeads
@@ -61,6 +63,17 @@ def test_softmax_loss_matches_open_clip_clip():
     torch.testing.assert_close(ContrastiveLoss("softmax")(image, text, scale)["loss"], ClipLoss()(image, text, scale))
 
 
+@pytest.mark.parametrize("kind", ["sigmoid", "softmax"])
+def test_one_element_scale_and_bias_score_as_scalars(kind):
+    """``CoCaHeads`` returns its scale and bias as ``[1]`` (FSDP2 shards no 0-d parameter): the same loss, 0-d."""
+    image, text = _embeddings()
+    scale, bias = torch.tensor(10.0), torch.tensor(-10.0)
+    scalar = ContrastiveLoss(kind)(image, text, scale, bias)["loss"]
+    one_element = ContrastiveLoss(kind)(image, text, scale.reshape(1), bias.reshape(1))["loss"]
+    assert one_element.shape == ()
+    torch.testing.assert_close(one_element, scalar, rtol=0, atol=0)
+
+
 def test_unknown_contrastive_kind_fails():
     with pytest.raises(ConfigError, match="choose 'sigmoid' or 'softmax'"):
         ContrastiveLoss("cosine")
@@ -83,8 +96,8 @@ def test_coca_forward_shapes():
     assert out["text_embed"].shape == (3, MICRO["embed_dim"])
     assert out["caption_logits"].shape == (3, 8, MICRO["vocab_size"])
     torch.testing.assert_close(out["image_embed"].norm(dim=-1), torch.ones(3))
-    torch.testing.assert_close(out["logit_scale"], torch.tensor(10.0))
-    torch.testing.assert_close(out["logit_bias"].detach(), torch.tensor(-10.0))
+    torch.testing.assert_close(out["logit_scale"], torch.tensor([10.0]))
+    torch.testing.assert_close(out["logit_bias"].detach(), torch.tensor([-10.0]))
 
 
 @torch.no_grad()
@@ -141,6 +154,24 @@ def test_coca_loss_terms_and_gradients_reach_scale_and_bias():
     for name in ("logit_scale", "logit_bias", "pooler.queries", "embed.weight", "lm_head.weight"):
         grad = heads.get_parameter(name).grad
         assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_a_state_dict_with_0d_scale_and_bias_still_loads(tmp_path):
+    """Checkpoints written before FSDP2 support stored the logit scale and bias 0-d; they load as ``[1]``."""
+    old = _micro_heads().state_dict()
+    old["logit_scale"], old["logit_bias"] = torch.tensor(2.5), torch.tensor(-7.0)  # 0-d, as they were saved
+    heads = build_backbone("coca", "tiny", **MICRO)
+    heads.load_state_dict(old)  # strict
+    assert heads.logit_scale.shape == heads.logit_bias.shape == (1,)
+    assert heads.logit_scale.item() == 2.5 and heads.logit_bias.item() == -7.0
+    # and through a stage checkpoint, as the API and later stages read the backbone
+    config = dataclasses.asdict(heads.config)
+    state = {f"coca.{name}": value for name, value in old.items()}
+    torch.save({META_KEY: {"backbones": {"coca": config}}, "state_dict": state}, tmp_path / "old.ckpt")
+    loaded = load_backbone(tmp_path / "old.ckpt", "coca")
+    for name, value in _micro_heads().state_dict().items():
+        expected = old[name].reshape(1) if name in ("logit_scale", "logit_bias") else value
+        torch.testing.assert_close(loaded.state_dict()[name], expected, rtol=0, atol=0, msg=name)
 
 
 def test_every_coca_preset_builds_on_meta():

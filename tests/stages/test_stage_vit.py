@@ -1,5 +1,7 @@
 """Stage 2a (ViT + CoCa): the stage trains on packed native-resolution images and learns to retrieve."""
 
+from pathlib import Path
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -52,3 +54,43 @@ def test_vit_coca_stage_runs_on_the_emoji_demo(tmp_path, demo_emoji, demo_sotu):
     assert metrics["val/chance_r@1"] == pytest.approx(1 / 16)  # 2 batches of 8 distinct captions
     assert {"val/i2t_r@5", "val/t2i_r@1", "val/caption", "train/contrastive", "train/caption"} <= set(metrics)
     assert stage.tokens_seen > 0
+
+
+class RecordScaleMoments(pl.Callback):
+    """The logit scale's AdamW moments as a resumed fit starts (right after Lightning restored them)."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: ViTCoCaStage) -> None:
+        state = trainer.optimizers[0].state[pl_module.coca.logit_scale]
+        self.moments = {key: state[key].clone() for key in ("exp_avg", "exp_avg_sq")}
+
+
+def fit_micro_coca(root: Path, max_steps: int, ckpt_path: Path | None = None, callbacks=()) -> pl.Trainer:
+    pl.seed_everything(0)
+    stage = ViTCoCaStage(vit="tiny", vit_overrides=VIT, coca="tiny", coca_overrides=COCA,
+                         schedule=LRSchedule(peak_lr=1e-3, warmup_steps=1, total_steps=4))  # fmt: skip
+    trainer = pl.Trainer(
+        accelerator="cpu", max_steps=max_steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=root,
+        callbacks=list(callbacks),
+    )  # fmt: skip
+    trainer.fit(stage, ColourData(), ckpt_path=ckpt_path)
+    return trainer
+
+
+def test_a_checkpoint_with_0d_scale_and_bias_resumes(tmp_path, one_thread):
+    """A ViT CoCa checkpoint written before FSDP2 support held the logit scale and bias, and their moments, 0-d: a
+    full resume loads them as ``[1]`` and steps on."""
+    fit_micro_coca(tmp_path, 1).save_checkpoint(tmp_path / "new.ckpt")
+    checkpoint = torch.load(tmp_path / "new.ckpt", weights_only=True)
+    names = checkpoint["mm_lightning"]["optimizer_param_names"][""]  # one device: the optimizer's order
+    for name in ("coca.logit_scale", "coca.logit_bias"):
+        checkpoint["state_dict"][name] = checkpoint["state_dict"][name].reshape(())
+        moments = checkpoint["optimizer_states"][0]["state"][names.index(name)]
+        moments.update({key: moments[key].reshape(()) for key in ("exp_avg", "exp_avg_sq")})
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    saved = checkpoint["optimizer_states"][0]["state"][names.index("coca.logit_scale")]
+    record = RecordScaleMoments()
+    trainer = fit_micro_coca(tmp_path, 2, ckpt_path=tmp_path / "old.ckpt", callbacks=[record])
+    assert trainer.global_step == 2 and trainer.lightning_module.coca.logit_scale.shape == (1,)
+    for key, value in record.moments.items():
+        torch.testing.assert_close(value, saved[key].reshape(1), rtol=0, atol=0, msg=key)
