@@ -8,16 +8,20 @@ Three hand-off modes exist between stages (set in YAML):
   schedule (``LRSchedulerResume``);
 * ``weights_only``: weights; fresh optimizer; the stage's own schedule.
 
-A checkpoint's optimizer state is indexed by position, so every stage records the parameter names in each
-inner optimizer's order (``optimizer_param_names``); the moments are then matched by name.
+A checkpoint's optimizer state is indexed by position, and the numbering depends on how it was saved: in the optimizer's
+order on one device and under DDP, in the module's under FSDP2 (:func:`optimizer_state_names`). Every stage records
+the names in the order its saved state is numbered (``optimizer_state_names``) and each inner optimizer's names
+(``optimizer_param_names``, which say which moments are Muon's and which AdamW's); the moments are then matched by
+name (:func:`saved_states_by_name`, which also reads checkpoints written before the first was recorded).
 """
 
 from __future__ import annotations
 
-from itertools import accumulate
+from itertools import islice
 from typing import Any
 
 import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 from torch.distributed.tensor import distribute_tensor
 
@@ -35,12 +39,73 @@ def inner_optimizers(optimizer: torch.optim.Optimizer) -> dict[str, torch.optim.
 
 
 def optimizer_param_names(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, list[str]]:
-    """Per inner optimizer, its parameters' names in state-dict index order."""
+    """Per inner optimizer, its parameters' names in its order (how its own ``state_dict()`` numbers them)."""
     names = {id(param): name for name, param in module.named_parameters()}
     return {
         key: [names[id(p)] for group in inner.param_groups for p in group["params"]]
         for key, inner in inner_optimizers(optimizer).items()
     }
+
+
+def optimizer_state_names(module: nn.Module, optimizer: torch.optim.Optimizer, strategy: Any = None) -> list[str]:
+    """The name of the parameter whose state a Lightning checkpoint's optimizer state holds at each index.
+
+    One device and DDP save ``optimizer.state_dict()``: parameters numbered in the optimizer's order, its param groups
+    in turn (``MuonWithAdamW``: Muon's, then AdamW's). ``ModelParallelStrategy`` (FSDP2) gathers the state keyed by name
+    and, for a full checkpoint (``save_distributed_checkpoint=False``), numbers it by each parameter's position in
+    ``module.parameters()``, frozen ones included (``FSDP.rekey_optim_state_dict(..., PARAM_ID, module)``); its
+    distributed checkpoints keep the names as keys (a folder, which the hand-off does not read).
+
+    Args:
+        module: the stage (the module the strategy saves).
+        optimizer: its optimizer.
+        strategy: the Trainer's strategy.
+    """
+    if isinstance(strategy, ModelParallelStrategy):
+        return [name for name, _ in module.named_parameters()]
+    names = {id(param): name for name, param in module.named_parameters()}
+    return [names[id(param)] for group in optimizer.param_groups for param in group["params"]]
+
+
+def saved_states_by_name(checkpoint: dict[str, Any], checkpoint_path: str) -> dict[str, dict[str, Any]]:
+    """Each parameter's saved optimizer state, by name.
+
+    A checkpoint written before ``optimizer_state_names`` was recorded has the names in the optimizer's order only:
+    the numbering of a one-device or DDP save (and of Muon's older per-inner-optimizer form). An FSDP2 save numbered
+    them by module position instead, so its param groups do not count 0, 1, 2, ...: that order comes from its
+    ``state_dict``, whose keys follow the module's parameters (:func:`_module_order`).
+
+    Raises:
+        ConfigError: an FSDP2 checkpoint whose module order cannot be recovered.
+    """
+    meta, saved = checkpoint_meta(checkpoint, checkpoint_path), checkpoint["optimizer_states"][0]
+    recorded = meta["optimizer_param_names"]
+    if all(key in saved for key in recorded):  # Muon's older form: one state dict per inner optimizer
+        return {name: saved[key]["state"][i] for key, names in recorded.items()
+                for i, name in enumerate(names) if i in saved[key]["state"]}  # fmt: skip
+    numbered = meta.get("optimizer_state_names")
+    if numbered is None:
+        in_optimizer_order = [name for names in recorded.values() for name in names]
+        ids = [index for group in saved["param_groups"] for index in group["params"]]
+        numbered = in_optimizer_order if ids == list(range(len(ids))) else _module_order(checkpoint, checkpoint_path)
+    return {numbered[index]: state for index, state in saved["state"].items()}
+
+
+def _module_order(checkpoint: dict[str, Any], checkpoint_path: str) -> list[str]:
+    """The trained parameters' names in module order, from an FSDP2 checkpoint's ``state_dict`` keys; checked against
+    the positions its param groups hold (they differ when a frozen parameter came before a trained one)."""
+    recorded = checkpoint_meta(checkpoint, checkpoint_path)["optimizer_param_names"]
+    in_optimizer_order = iter([name for names in recorded.values() for name in names])
+    trained = {name for names in recorded.values() for name in names}
+    position = {name: index for index, name in enumerate(n for n in checkpoint["state_dict"] if n in trained)}
+    for group in checkpoint["optimizer_states"][0]["param_groups"]:
+        names = islice(in_optimizer_order, len(group["params"]))  # this group's, in the optimizer's order
+        if sorted(group["params"]) != sorted(position.get(name, -1) for name in names):
+            raise ConfigError(
+                f"{checkpoint_path}'s optimizer state is numbered by module position (an FSDP2 checkpoint written "
+                "before that was recorded) in an order its weights do not give; use handoff weights_only"
+            )
+    return list(position)
 
 
 def carry_optimizer_state(
@@ -57,20 +122,16 @@ def carry_optimizer_state(
     """
     checkpoint = check_optimizer_state(checkpoint_path)
     recorded = checkpoint_meta(checkpoint, checkpoint_path)["optimizer_param_names"]
-    saved_all = checkpoint["optimizer_states"][0]
+    saved = saved_states_by_name(checkpoint, checkpoint_path)
     names = {id(param): name for name, param in module.named_parameters()}
     carried = []
-    first_index = dict(zip(recorded, accumulate((len(part) for part in recorded.values()), initial=0)))
     for key, inner in inner_optimizers(optimizer).items():
         if key not in recorded:
             raise ConfigError(f"{checkpoint_path}'s optimizer has no {key or 'single'} part; use handoff weights_only")
-        # one numbering across the inner optimizers (MuonWithAdamW's state dict), or an older part per inner one
-        saved, first = (saved_all[key], 0) if key in saved_all else (saved_all, first_index[key])
-        states = saved["state"]
-        by_name = {name: states[first + i] for i, name in enumerate(recorded[key]) if first + i in states}
+        same_kind = set(recorded[key])  # moments this inner optimizer made (Muon's for Muon, AdamW's for AdamW)
         for group in inner.param_groups:
             for param in group["params"]:
-                state = by_name.get(names[id(param)])
+                state = saved.get(names[id(param)]) if names[id(param)] in same_kind else None
                 if state is not None and _shapes_match(state, param):
                     inner.state[param] = {k: _place(v, param, k, inner) for k, v in state.items()}
                     carried.append(names[id(param)])

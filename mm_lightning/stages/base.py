@@ -35,7 +35,7 @@ from mm_lightning.checkpoint import (
     to_plain,
 )
 from mm_lightning.errors import ConfigError, DataError
-from mm_lightning.handoff import optimizer_param_names
+from mm_lightning.handoff import optimizer_param_names, optimizer_state_names
 from mm_lightning.media.images import ImagePreprocessing
 from mm_lightning.models.registry import build_from_config, config_from_dict
 from mm_lightning.optim import OptimizerConfig, build_optimizer
@@ -265,7 +265,9 @@ class StageModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[META_KEY] = self.checkpoint_metadata()
         if self._trainer is not None and self.trainer.optimizers:  # so a later stage can match moments by name
-            checkpoint[META_KEY]["optimizer_param_names"] = optimizer_param_names(self, self.trainer.optimizers[0])
+            optimizer, meta = self.trainer.optimizers[0], checkpoint[META_KEY]
+            meta["optimizer_param_names"] = optimizer_param_names(self, optimizer)
+            meta["optimizer_state_names"] = optimizer_state_names(self, optimizer, self.trainer.strategy)
         for key in ("hyper_parameters", "datamodule_hyper_parameters"):
             if key in checkpoint:
                 checkpoint[key] = to_plain(checkpoint[key])
