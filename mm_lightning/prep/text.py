@@ -16,8 +16,9 @@ written index at the end.
 
 The split of a record is a hash of (its file's path relative to the input, its record number), so it
 does not depend on worker count, file order or the other files of the corpus. A record is a document: a .jsonl
-line, a parquet row, or one of the documents a .txt file is cut into (:class:`~mm_lightning.prep.text_readers.
-TxtDocuments`: paragraphs grouped up to ``doc_chars`` by default), so one large .txt is split by documents too.
+line, a parquet row, or one of the documents a .txt file is cut into
+(:class:`~mm_lightning.prep.text_readers.TxtDocuments`: paragraphs grouped up to ``doc_chars`` by default), so one
+large .txt is split by documents too.
 """
 
 from __future__ import annotations
