@@ -61,7 +61,7 @@ DEMO_TEXTS = {
     # frozen LLM of the alignment stage can express them (the speeches alone leave it at ~7.5 nats per token)
     "sotu-captions": DemoText(
         source=SOTU,
-        version="v5",
+        version="v6",
         captions_from="demo:emoji-scenes",
         caption_documents=98304,
         tokenizer_demo="demo:sotu",
@@ -85,7 +85,7 @@ class DemoImageText:
     """The text demo whose ``tokenizer.json`` tokenizes the captions (the text stage's vocabulary)."""
 
 
-DEMO_IMAGE_TEXTS = {"emoji-scenes": DemoImageText(version="v1")}
+DEMO_IMAGE_TEXTS = {"emoji-scenes": DemoImageText(version="v2")}
 
 
 def is_demo_name(data_path: str) -> bool:

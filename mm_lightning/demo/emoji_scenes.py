@@ -1,8 +1,8 @@
 """Synthetic captioned scenes of Noto emoji: a tiny, compositional image-text corpus for CPU demos.
 
-A scene is a canvas of varied size and aspect ratio (sides of 64-192 px by default) in a colour of a small
-named palette, holding one to three distinct emoji at varied scales, and a caption that names them, says where
-they are and names the background::
+A scene is a canvas of varied size and aspect ratio (sides of 70-140 px by default) in a colour of a small
+named palette, holding one to three distinct emoji of two sizes, and a caption that names them, says where
+they are and names the background. Everything lies on a grid of 14-px cells, the ViT's patch (``SceneConfig.cell``)::
 
     "a red apple at the top left on a blue background"          one emoji, one of 3x3 named places
     "a ginger root above a red apple on a pink background"      two, related by above / below / left of / right of
@@ -61,6 +61,7 @@ PLACES = {
 }
 EMOJI_COUNT_WEIGHTS = (0.3, 0.5, 0.2)  # scenes with 1, 2, 3 emoji
 SPLITS = ("train", "val")
+MIN_EMOJI_CELLS = 2
 MAX_NAME_CHARS = 20  # longer names ("white right pointing backhand index") are left out of the vocabulary
 
 
@@ -72,10 +73,16 @@ class SceneConfig:
     """Distinct emoji used: a fixed, seeded selection of the non-component emoji with short, distinct names."""
     seed: int = 0
     """Seed of the scenes, the vocabulary selection and the held-out compositions."""
-    min_side: int = 64
-    """Smallest canvas side in pixels."""
-    max_side: int = 192
-    """Largest canvas side in pixels."""
+    cell: int = 14
+    """Side in pixels of the grid every scene is drawn on: canvas sides, emoji sides and emoji corners are whole
+    cells, and emoji are 2-3 cells wide. Set to the ViT's patch size (14 for every preset), each emoji fills whole
+    patches at one alignment and canvases of at most ``max_patches`` patches reach the ViT unresized, so the tiny
+    ViT learns *which* emoji it sees in the minutes the demo gives it (measured in
+    ``benchmarks/vit_identity_budget.py``)."""
+    min_side: int = 70
+    """Smallest canvas side in pixels (rounded up to whole cells)."""
+    max_side: int = 140
+    """Largest canvas side in pixels (rounded down to whole cells): 10 x 10 cells, 100 patches of 14 px."""
     holdout_fraction: float = 0.2
     """Share of all compositions reserved for validation."""
 
@@ -173,32 +180,50 @@ def _draw_composition(rng: random.Random, vocab: tuple[int, ...]) -> tuple[str, 
     return layout, stored, f"{names[0]} {relation} {names[1]}"
 
 
-def _canvas_size(rng: random.Random, config: SceneConfig, layout: str) -> tuple[int, int]:
-    sides = [rng.randrange(config.min_side, config.max_side + 1, 8) for _ in range(2)]
-    width, height = sides
-    if layout in ("horizontal", "row") and width < height or layout in ("vertical", "column") and height < width:
-        width, height = height, width  # lay several emoji out along the longer side
+def _canvas_cells(rng: random.Random, config: SceneConfig, layout: str, count: int) -> tuple[int, int]:
+    """``(width, height)`` in cells; several emoji lie along the longer side, which holds them at their smallest."""
+    low, high = -(-config.min_side // config.cell), config.max_side // config.cell
+    width, height = rng.randint(low, high), rng.randint(low, high)
+    along_x = layout in ("horizontal", "row")
+    if along_x and width < height or layout in ("vertical", "column") and height < width:
+        width, height = height, width
+    if count > 1:
+        need = MIN_EMOJI_CELLS * count
+        width, height = (max(width, need), height) if along_x else (width, max(height, need))
     return width, height
 
 
+def _emoji_cells(rng: random.Random, room: int) -> int:
+    """An emoji side in cells: 2 or 3, at most ``room`` (never below 2)."""
+    return rng.choice([k for k in (MIN_EMOJI_CELLS, MIN_EMOJI_CELLS + 1) if k <= max(MIN_EMOJI_CELLS, room)])
+
+
 def _place_single(rng: random.Random, layout: str, width: int, height: int) -> tuple[tuple[int, int, int], ...]:
+    """One emoji in cells, in the third of each axis its named place says (its centre drifts by a sixth at most)."""
     row, col = int(layout[-2]), int(layout[-1])
-    cell_w, cell_h = width / 3, height / 3
-    size = max(8, int(rng.uniform(0.7, 1.0) * min(cell_w, cell_h, 64)))
-    x = col * cell_w + rng.uniform(0, max(0.0, cell_w - size))
-    y = row * cell_h + rng.uniform(0, max(0.0, cell_h - size))
-    return ((int(x), int(y), size),)
+    size = _emoji_cells(rng, min(width, height) // 2)
+
+    def offset(third: int, side: int) -> int:
+        slack = side - size
+        return min(max(round(third * slack / 2 + rng.uniform(-1, 1) * slack / 6), 0), slack)
+
+    return ((offset(col, width), offset(row, height), size),)
 
 
 def _place_along(rng: random.Random, count: int, along: int, cross: int) -> list[tuple[int, int, int]]:
-    """``count`` boxes ``(along_pos, cross_pos, size)`` in successive segments of the ``along`` axis."""
-    segment = along / count
-    boxes = []
-    for i in range(count):
-        size = max(8, int(rng.uniform(0.6, 0.95) * min(segment, cross, 64)))
-        pos = i * segment + rng.uniform(0, segment - size)
-        jitter = rng.uniform(-0.25, 0.25) * size  # cross offsets stay below the along-axis gaps
-        boxes.append((int(pos), int(min(max(0.0, (cross - size) / 2 + jitter), cross - size)), size))
+    """``count`` boxes ``(along_pos, cross_pos, size)`` in cells, in order along an axis of ``along`` cells."""
+    sizes = [_emoji_cells(rng, min(along // count, cross)) for _ in range(count)]
+    while sum(sizes) > along:  # three 3-cell emoji on a short side
+        sizes[sizes.index(max(sizes))] -= 1
+    gaps = [0] * (count + 1)
+    for _ in range(along - sum(sizes)):  # the free cells, spread at random before, between and after
+        gaps[rng.randrange(count + 1)] += 1
+    boxes, pos = [], 0
+    for gap, size in zip(gaps, sizes):
+        pos += gap
+        centred = (cross - size) / 2
+        boxes.append((pos, min(max(round(centred + rng.uniform(-0.5, 0.5)), 0), cross - size), size))
+        pos += size
     return boxes
 
 
@@ -224,11 +249,13 @@ def generate_scene(config: SceneConfig, split: str, index: int) -> Scene:
         composition = f"{layout}:{','.join(map(str, sprites))}"
         if is_held_out(composition, config) == (split == "val"):
             break
-    width, height = _canvas_size(rng, config, layout)
+    background = rng.choice(sorted(PALETTE))  # drawn before the geometry: the cell size never changes a caption
+    width, height = _canvas_cells(rng, config, layout, len(sprites))
     boxes = _place(rng, layout, len(sprites), width, height)
-    background = rng.choice(sorted(PALETTE))
+    cell = config.cell
+    boxes = tuple((x * cell, y * cell, size * cell) for x, y, size in boxes)
     caption = f"{phrase} on {article(background)} background"
-    return Scene(width, height, background, sprites, boxes, composition, caption)
+    return Scene(width * cell, height * cell, background, sprites, boxes, composition, caption)
 
 
 def render_scene(scene: Scene) -> Image.Image:

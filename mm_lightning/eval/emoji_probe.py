@@ -56,10 +56,10 @@ from mm_lightning.inference import torch_threads
 from mm_lightning.media.images import PIXEL_MEAN, PIXEL_STD, image_patches
 from mm_lightning.ops.patches import pack_patches
 
-PROBE_CANVAS = 128
-"""Probe canvas side in pixels: the middle of the scenes' 64-192 px range."""
-PROBE_EMOJI_SIZE = 36
-"""Probe emoji side in pixels: a single scene emoji fills 0.7-1.0 of a third of the canvas (30-42 px at 128)."""
+PROBE_CANVAS = 9 * SceneConfig.cell
+"""Probe canvas side in pixels: 9 of the scenes' cells (126 px), within their 5-10."""
+PROBE_EMOJI_SIZE = 3 * SceneConfig.cell
+"""Probe emoji side in pixels: 3 cells (42 px), the larger of the scenes' two sizes, on the middle cells."""
 CENTER = PLACES[(1, 1)]
 KS = (1, 5)
 
