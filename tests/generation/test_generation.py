@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mm_lightning import build_backbone
-from mm_lightning.generation.decode import generate, sample_next_token, top_k_filter, top_p_filter
+from mm_lightning.generation.decode import READ_ONLY_IDS, generate, sample_next_token, top_k_filter, top_p_filter
 from mm_lightning.ops.attention import attention, prefix_causal_attention
 
 VOCAB = 97
@@ -123,6 +123,20 @@ def test_eos_stops_rows_and_pads_them():
     expected = expected[:, : max(stop_at)]
     for use_cache in (True, False):
         assert torch.equal(generate(llm, ids, 12, greedy=True, eos_id=eos, use_cache=use_cache), expected)
+
+
+def test_padding_and_image_tokens_are_never_generated():
+    """A model that favours ``<|image_start|>`` and its kin (as the demo's stage 5 did after video frames) still writes
+    text: the read-only ids are suppressed in greedy and sampled decoding, and only there."""
+    llm = micro()
+    with torch.no_grad():
+        llm.lm_head.weight[list(READ_ONLY_IDS)] *= 20.0
+    ids = prompts(6, 5)
+    unrestricted = generate(llm, ids, 8, greedy=True, suppress_ids=())
+    assert torch.isin(unrestricted, torch.tensor(READ_ONLY_IDS)).float().mean() > 0.5  # the bias took hold
+    for options in ({"greedy": True}, {"temperature": 1.5, "generator": torch.Generator().manual_seed(0)}):
+        new = generate(llm, ids, 8, **options)
+        assert not torch.isin(new, torch.tensor(READ_ONLY_IDS)).any()
 
 
 def test_generation_ends_early_once_every_row_has_stopped():
