@@ -10,15 +10,12 @@ that ignores its images writes the same caption under every scene; one that read
 
 from __future__ import annotations
 
-import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
-from matplotlib.figure import Figure
 from PIL import Image
 from tokenizers import Tokenizer
 
@@ -28,16 +25,13 @@ from mm_lightning.data.location import DataLocation
 from mm_lightning.demo import demo_tokenizer
 from mm_lightning.demo.corpora import DEMO_IMAGE_TEXTS
 from mm_lightning.demo.emoji_scenes import SceneConfig, generate_scene, render_scene
+from mm_lightning.eval.caption_grid import Columns, caption_grid_figure
 from mm_lightning.generation.caption import caption_images
 from mm_lightning.pipeline.spec import get_at
 
 Stage = dict[str, Any]
 
 VLM_BACKBONES = {"llm", "vit", "projector"}
-CELLS_PER_ROW = 2  # scenes side by side
-FIGURE_WIDTH_IN, ROW_HEIGHT_IN, TITLE_HEIGHT_IN, DPI = 16.0, 2.0, 0.7, 100
-FONT_SIZE, WRAP_CHARS, MAX_LINES = 8, 84, 2
-CAPTION_COLOURS = ("black", "C0", "C3")  # the true caption, then each checkpoint's
 
 
 def validation_scenes(count: int) -> list[tuple[Image.Image, str]]:
@@ -76,57 +70,13 @@ def stage_captions(path: Path, tokenizer: Tokenizer, images: Sequence[Image.Imag
     return caption_images(vlm, tokenizer, images, image_preprocessing(path), max_new_tokens)
 
 
-def draw_caption_grid(
-    images: Sequence[Image.Image],
-    truths: Sequence[str],
-    columns: Sequence[tuple[str, Sequence[str]]],
-    path: str | Path,
-    title: str = "",
-) -> Path:
-    """Draw each image beside its true caption and each column's caption of it, and save the PNG.
-
-    Args:
-        images: the scenes.
-        truths: each scene's true caption.
-        columns: ``(label, captions)`` per checkpoint, e.g. ``("after stage 3 (align)", [...])``.
-        path: where to write the PNG: ``FIGURE_WIDTH_IN`` x (``TITLE_HEIGHT_IN`` + ``ROW_HEIGHT_IN`` per row of
-            ``CELLS_PER_ROW`` scenes) inches at ``DPI``.
-        title: the figure's title.
-
-    Returns:
-        The path written.
-    """
-    rows = max(1, -(-len(images) // CELLS_PER_ROW))
-    height = TITLE_HEIGHT_IN + ROW_HEIGHT_IN * rows
-    fig = Figure(figsize=(FIGURE_WIDTH_IN, height), dpi=DPI)
-    grid = fig.add_gridspec(rows, 2 * CELLS_PER_ROW, width_ratios=[1, 3] * CELLS_PER_ROW, wspace=0.05, hspace=0.15,
-                            left=0.01, right=0.99, bottom=0.02, top=1 - TITLE_HEIGHT_IN / height)  # fmt: skip
-    for index, (image, truth) in enumerate(zip(images, truths)):
-        row, cell = divmod(index, CELLS_PER_ROW)
-        image_ax, text_ax = fig.add_subplot(grid[row, 2 * cell]), fig.add_subplot(grid[row, 2 * cell + 1])
-        image_ax.imshow(np.asarray(image.convert("RGB")))
-        image_ax.set_axis_off()
-        text_ax.set_axis_off()
-        captions = [("true", truth), *((label, captions[index]) for label, captions in columns)]
-        _draw_captions(text_ax, captions)
-    fig.suptitle(title, fontsize=14, y=1 - 0.15 / height, va="top")
+def draw_caption_grid(images: Sequence[Image.Image], truths: Sequence[str], columns: Columns, path: str | Path,
+                      title: str = "") -> Path:  # fmt: skip
+    """Draw each image beside its true caption and each column's caption of it
+    (:func:`~mm_lightning.eval.caption_grid.caption_grid_figure`), and save the PNG at ``path``; returns ``path``."""
     path = Path(path)
-    fig.savefig(path)
+    caption_grid_figure(images, truths, columns, title).savefig(path)
     return path
-
-
-def _draw_captions(ax: Any, captions: Sequence[tuple[str, str]]) -> None:
-    """Each ``(label, caption)`` under the last from the top left of ``ax``: the label in bold, the caption wrapped
-    to at most ``MAX_LINES`` lines."""
-    line = FONT_SIZE * 1.25 / 72 / (ax.get_position().height * ax.figure.get_figheight())  # in axes fractions
-    y = 1.0
-    for number, (label, caption) in enumerate(captions):
-        colour = CAPTION_COLOURS[min(number, len(CAPTION_COLOURS) - 1)]
-        lines = textwrap.wrap(caption, WRAP_CHARS, max_lines=MAX_LINES, placeholder=" ...") or ["(nothing)"]
-        style = {"transform": ax.transAxes, "va": "top", "fontsize": FONT_SIZE, "color": colour}
-        ax.text(0, y, f"{label}:", fontweight="bold", **style)
-        ax.text(0, y - line, "\n".join(lines), **style)
-        y -= line * (len(lines) + 1.4)
 
 
 def _column_label(stage: Stage) -> str:

@@ -15,7 +15,8 @@ questions (``val/exact_match``, answers normalised by :func:`mm_lightning.chat.i
 ``exact_match_prompts`` of them, before training (the sanity validation) and at every validation. Beside it, what
 needs no image: the same questions asked with another question's images (``val/exact_match_swapped_images``) and the
 best constant answer per question kind (``val/exact_match_majority``). Exact match above both is what the images
-bought; a model that ignores its images scores the same with swapped ones.
+bought; a model that ignores its images scores the same with swapped ones. The first of rank zero's questions and
+their answers go to TensorBoard's text tab (``val/answer_samples``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from mm_lightning.callbacks.tensorboard_media import log_text_table, split_name
 from mm_lightning.chat import is_exact_match, normalize_answer
 from mm_lightning.checkpoint import to_plain
 from mm_lightning.errors import ConfigError
@@ -36,6 +38,11 @@ from mm_lightning.models.lora import LoRAConfig, apply_lora, count_trainable, me
 from mm_lightning.optim import OptimizerConfig
 from mm_lightning.schedules import LRSchedule
 from mm_lightning.stages.joint import JointStage
+from mm_lightning.tokenizer import decode_generated
+
+ANSWER_SAMPLES = 8
+"""Held-out questions shown in TensorBoard's text tab at each validation, with the greedy answers."""
+ANSWER_HEADER = ("conversation", "reference answer", "greedy answer", "with another question's images")
 
 
 class SFTStage(JointStage):
@@ -127,6 +134,11 @@ class SFTStage(JointStage):
             "val/exact_match_majority": majority_baseline(self._prompts),
         }
         self.report_validation(metrics, "val/exact_match")
+        rows = [(decode_generated(self.data_tokenizer, self._prompts[i].prompt_ids), self._prompts[i].answer,
+                 answers[k], answers[len(mine) + k]) for k, i in enumerate(mine[:ANSWER_SAMPLES])]  # fmt: skip
+        log_text_table(
+            self.trainer, f"{split_name(self.trainer)}/answer_samples", ANSWER_HEADER, rows, self.pipeline_step
+        )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)

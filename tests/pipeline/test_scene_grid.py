@@ -9,15 +9,8 @@ from PIL import Image
 
 from mm_lightning import build_backbone
 from mm_lightning.checkpoint import META_KEY, to_plain
-from mm_lightning.pipeline.scene_grid import (
-    DPI,
-    FIGURE_WIDTH_IN,
-    ROW_HEIGHT_IN,
-    TITLE_HEIGHT_IN,
-    draw_caption_grid,
-    validation_scenes,
-    write_caption_grid,
-)
+from mm_lightning.eval.caption_grid import DPI, FIGURE_WIDTH_IN, ROW_HEIGHT_IN, TITLE_HEIGHT_IN
+from mm_lightning.pipeline.scene_grid import draw_caption_grid, validation_scenes, write_caption_grid
 from mm_lightning.tokenizer import train_bpe_tokenizer
 
 VIT = {"patch_size": 8, "d_model": 32, "n_layers": 1, "n_heads": 2, "mlp_hidden": 64, "max_patches": 32, "pos_grid": 8}
