@@ -90,6 +90,9 @@ class AlignStage(VisionLanguageStage):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss, targets = self.caption_loss(batch)
+        # the caption rows: per image its placeholders and both markers, then its caption and EOD, less one token
+        tokens = sum(self.image_token_counts(batch["grid_hw"])) + int(batch["caption_mask"].sum())
+        self.count_flops(tokens, round(tokens / batch["caption_ids"].shape[0]), batch["grid_hw"])
         self.log_losses({"caption": loss, "loss": loss}, "train", sync_dist=True)
         self.count_tokens(batch["patches"].shape[1] + targets)
         return loss

@@ -126,6 +126,9 @@ class JointStage(VisionLanguageStage):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.next_token_loss(batch)
+        input_ids = batch["input_ids"]  # [R, L]
+        grid_hw = batch["grid_hw"] if batch.get("patches") is not None else None
+        self.count_flops(input_ids.numel(), input_ids.shape[1], grid_hw)
         self.log_losses({"loss": loss}, "train", sync_dist=True)
         self.count_tokens(int(batch["input_ids"].numel()))
         return loss

@@ -8,6 +8,7 @@ from torch.distributed.fsdp import FSDPModule
 
 from mm_lightning.errors import ConfigError
 from mm_lightning.generation.caption import caption_prompts, packed_image_prompts
+from mm_lightning.models.flops import vlm_step_flops
 from mm_lightning.models.vlm import VLM
 from mm_lightning.stages.base import StageModule
 from mm_lightning.tokenizer import IMAGE_ID
@@ -38,6 +39,11 @@ class VisionLanguageStage(StageModule):
         patch_dim, device = 3 * self.vit.config.patch_size**2, self.device
         return (torch.zeros(1, 1, patch_dim, device=device), torch.ones(1, 2, dtype=torch.long, device=device),
                 torch.zeros(1, 1, dtype=torch.long, device=device))  # fmt: skip
+
+    def count_flops(self, llm_tokens: int, seq_len: int, grid_hw: torch.Tensor | None) -> None:
+        """Set ``flops_per_batch`` (the throughput monitor's FLOP/s and MFU) for this training step: ``llm_tokens``
+        through the LLM, attending over ``seq_len``, and the images of patch grids ``grid_hw`` (``None``: none)."""
+        self.flops_per_batch = vlm_step_flops(self.llm, self.vit, self.projector, llm_tokens, seq_len, grid_hw)
 
     def image_token_counts(self, grid_hw: torch.Tensor) -> list[int]:
         """LLM tokens of each image of a batch (its ``<|image|>`` positions)."""

@@ -17,6 +17,7 @@ from torchmetrics import MeanMetric
 from mm_lightning.eval.predictions import embedding_records
 from mm_lightning.eval.retrieval import retrieval_recall
 from mm_lightning.losses import CoCaLoss
+from mm_lightning.models.flops import dense_flops_per_token, vit_flops
 from mm_lightning.models.registry import build_backbone
 from mm_lightning.optim import OptimizerConfig
 from mm_lightning.schedules import LRSchedule
@@ -91,6 +92,9 @@ class ViTCoCaStage(StageModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         losses = self.loss(self(batch), batch["caption_ids"], batch["caption_mask"])
+        # the ViT over each image's patches; the CoCa heads over every caption position (their attention left out)
+        heads = batch["caption_ids"].numel() * dense_flops_per_token(self.coca)
+        self.flops_per_batch = vit_flops(self.vit, batch["grid_hw"]) + heads
         self.log_losses(losses, "train", sync_dist=True)
         self.count_tokens(batch["patches"].shape[1] + int(batch["caption_mask"].sum()))
         return losses["loss"]
