@@ -29,7 +29,9 @@ EVERY_STAGE = {
     "trainer.val_check_interval": 2,
     "trainer.callbacks.StageCheckpoint.init_args.every_n_train_steps": 2,
     "data.init_args.num_workers": 0,
+    "throughput.window_size": 2,  # FLOP/s from the second step on: every stage logs some (test_tensorboard_events.py)
 }
+SPARSE_LOGS = {"trainer.log_every_n_steps": 2}  # the stages whose configs log every 10 steps log some in 4
 WARMUPS = {"model.init_args.schedule.warmup_steps": 1, "model.init_args.schedule.decay_steps": 1}
 KILL = {"class_path": "helpers.pipeline_kill.KillPipelineAtStep", "init_args": {"step": 3}}
 
@@ -45,7 +47,7 @@ def short_demo_pipeline(folder: Path) -> Path:
         overrides = stage.setdefault("overrides", {})
         overrides.update(EVERY_STAGE | SHORT[stage["name"]])
         if stage["name"] in ("text", "vit", "align"):
-            overrides.update(WARMUPS)
+            overrides.update(WARMUPS | SPARSE_LOGS)
         if stage["name"] == "cooldown":
             overrides["trainer.callbacks.ReWarmup.init_args.warmup_steps"] = 1
         if stage["name"] == "joint":
