@@ -1,6 +1,6 @@
 """``mm-lightning evaluate``: held-out text perplexity of any stage checkpoint's LLM, on one fixed set of rows.
 
-    mm-lightning evaluate --ckpt runs/joint_cooldown_tiny/checkpoints/last.ckpt --data demo:sotu-captions
+    mm-lightning evaluate --ckpt runs/pipelines/demo/cooldown/checkpoints/last.ckpt --data demo:sotu-captions
 
 Every stage validates on its own data, batching and share, so their ``val`` curves do not compare across
 stages; this command scores checkpoints of different stages on the same rows (the whole ``val`` split of a

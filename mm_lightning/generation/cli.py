@@ -1,7 +1,7 @@
 """``mm-lightning generate``: text from a stage checkpoint, optionally conditioned on an image.
 
-    mm-lightning generate --ckpt runs/align_tiny/checkpoints/last.ckpt --image scene.png
-    mm-lightning generate --ckpt runs/text_pretrain_tiny/checkpoints/last.ckpt --prompt "Fellow citizens"
+    mm-lightning generate --ckpt runs/pipelines/demo/align/checkpoints/last.ckpt --image scene.png
+    mm-lightning generate --ckpt runs/pipelines/demo/text/checkpoints/last.ckpt --prompt "Fellow citizens"
 
 The backbones are rebuilt from the configurations the checkpoint recorded (``weights_only`` loading). With
 ``--image``, the prompt starts with the image span the alignment stage trains captioning on
