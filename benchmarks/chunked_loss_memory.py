@@ -29,6 +29,7 @@ import sys
 import time
 
 import torch
+from bench_common import available_bytes, resident_bytes
 
 from mm_lightning.losses.next_token import DEFAULT_CHUNK_SIZE, IGNORE_INDEX, NextTokenLoss
 
@@ -61,17 +62,6 @@ def run_variant(tokens: int, vocab: int, d_model: int, chunk_size: int, device: 
     )
     return {"loss": float(loss), "loss_peak_bytes": peak - before, "seconds": seconds,
             "grad_norm": float(weight.grad.norm())}  # fmt: skip
-
-
-def resident_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def available_bytes() -> int:
-    with open("/proc/meminfo") as f:
-        fields = dict(line.split(":", 1) for line in f)
-    return int(fields["MemAvailable"].split()[0]) * 1024
 
 
 def needed_bytes(tokens: int, vocab: int, d_model: int, chunk_size: int) -> int:

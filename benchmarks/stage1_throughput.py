@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 import warnings
 from pathlib import Path
-from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from bench_common import StepTimer, cpu_name, matmul_gflops
 
 from mm_lightning.data.synthetic import SyntheticTextDataModule
 from mm_lightning.stages.text_pretrain import TextPretrainStage
@@ -51,33 +50,6 @@ def parse_args() -> argparse.Namespace:
     if args.warmup < 1 or args.steps < 1:
         parser.error("--warmup and --steps must be at least 1")
     return args
-
-
-def matmul_gflops(sizes: list[int], repeats: int) -> dict[int, float]:
-    """Best-of-``repeats`` fp32 GFLOP/s of an ``n x n @ n x n`` matmul for each ``n``."""
-    results = {}
-    for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        a @ b  # warm-up
-        best = min(_time(lambda: a @ b) for _ in range(repeats))
-        results[n] = 2 * n**3 / best / 1e9
-    return results
-
-
-def _time(fn: Any) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-class StepTimer(pl.Callback):
-    """Records the wall clock at the end of every training batch (after the optimizer step)."""
-
-    def __init__(self) -> None:
-        self.ends: list[float] = []
-
-    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        self.ends.append(time.perf_counter())
 
 
 def train(args: argparse.Namespace) -> tuple[TextPretrainStage, list[float]]:
@@ -124,7 +96,7 @@ def main() -> None:
     peak = max(matmul.values())
     result = {
         "date": time.strftime("%Y-%m-%d"),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "lightning": pl.__version__,
@@ -147,16 +119,6 @@ def main() -> None:
     print_report(result)
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def print_report(result: dict) -> None:
