@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import logging
 import os
 import platform
 import resource
@@ -124,6 +125,7 @@ def fit_step_times(stage: pl.LightningModule, batches: Sequence[Any], warmup: in
     if not 1 <= warmup < len(batches):
         raise ValueError(f"warmup={warmup} must be at least 1 and leave steps to measure of {len(batches)}")
     timer = StepTimer()
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no GPU/TPU lines and tips per fit
     trainer = pl.Trainer(accelerator=accelerator, devices=1, precision=precision, max_steps=len(batches),
                          callbacks=[timer], logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0)  # fmt: skip
@@ -197,3 +199,17 @@ def build_datamodule(config: dict, **overrides: Any) -> pl.LightningDataModule:
             data.set_share_schedule(ShareSchedule(args.get("start", 0.0), args.get("end", 0.4), ramp,
                                                   args.get("shape", "linear"), args.get("steps", 4)))  # fmt: skip
     return data
+
+
+def build_stage(config: dict, preset: str = "tiny", **overrides: Any) -> pl.LightningModule:
+    """A stage config's stage module, every checkpoint it would inherit backbones from replaced by registry
+    ``preset`` (:func:`preset_stage`) and ``handoff: weights_only`` (no optimizer moments to carry)."""
+    module, _, name = config["model"]["class_path"].rpartition(".")
+    stage_class = getattr(importlib.import_module(module), name)
+    args = dict(config["model"].get("init_args", {}))
+    inherits = [key for key in args if key.endswith("checkpoint")]
+    for key in inherits:
+        args[key] = preset
+    if "handoff" in args or "vision_checkpoint" in args:
+        args["handoff"] = "weights_only"
+    return (preset_stage(stage_class) if inherits else stage_class)(**(args | overrides))
