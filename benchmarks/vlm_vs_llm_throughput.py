@@ -15,7 +15,9 @@ Both train under a real Lightning ``Trainer`` on the same number of distinct bat
 runs every batch once untimed (compiles, allocator), then rounds alternate the two stages (LLM first, then VLM first,
 ...); each fit's first step is warm-up and the rest are timed from one ``on_train_batch_end`` to the next. MFU =
 model FLOP/s (``LLM.flops_per_token`` for the LLM step; ``vlm_step_flops`` for the VLM step: LLM, ViT patches and
-projector) / the best matmul FLOP/s measured in the same run, before and after (``bench_common.matmul_gflops``).
+projector; the stages' own counts) / the best matmul FLOP/s measured in the same run, before and after
+(``bench_common.matmul_gflops``). Those counts send every position through the output layer; the chunked loss skips
+positions without a target (the VLM's image tokens), so ``executed`` FLOPs (and ``executed MFU``) leave them out.
 
 Modes: ``sdpa`` (eager, the attention interface's SDPA path), ``compiled`` (the stages' ``compile: true``: each
 block through ``torch.compile``, ``mm_lightning.parallel.apply_compile``), ``xformers`` (every backbone's
@@ -142,12 +144,16 @@ def build_stages(preset: str, mode: str) -> dict[str, Any]:
     return stages
 
 
-def step_flops(stage: Any, batch: dict[str, Any]) -> float:
-    """Model FLOPs of one training step of ``stage`` on ``batch``."""
+def step_flops(stage: Any, batch: dict[str, Any]) -> tuple[float, float]:
+    """Model FLOPs of one training step of ``stage`` on ``batch``: as the stage counts them (every position through
+    the output layer), and as executed (the chunked loss never sends a position without a target to the head)."""
     tokens, seq_len = batch["input_ids"].numel(), batch["input_ids"].shape[1]
     if isinstance(stage, JointStage):
-        return vlm_step_flops(stage.llm, stage.vit, stage.projector, tokens, seq_len, batch["grid_hw"])
-    return stage.llm.flops_per_token(seq_len) * tokens
+        counted = vlm_step_flops(stage.llm, stage.vit, stage.projector, tokens, seq_len, batch["grid_hw"])
+    else:
+        counted = stage.llm.flops_per_token(seq_len) * tokens
+    head_per_token = 6 * stage.llm.config.d_model * stage.llm.config.vocab_size  # forward and backward
+    return counted, counted - head_per_token * int((batch["labels"] < 0).sum())
 
 
 def vision_seconds(stage: Any, batches: list[dict[str, Any]], device: str) -> float:
@@ -187,9 +193,10 @@ def measure_mode(mode: str, batches: dict[str, list], args: argparse.Namespace) 
     result: dict[str, Any] = {"mode": mode, "step_times_s": times}
     for name, stage in stages.items():
         step = statistics.median(times[name])
-        flops = statistics.mean(step_flops(stage, batch) for batch in batches[name])
+        flops, executed = (statistics.mean(f) for f in zip(*(step_flops(stage, b) for b in batches[name])))
         result[name] = {"median_step_s": step, "tokens_per_s": tokens / step, "flops_per_step": flops,
-                        "model_gflops": flops / step / 1e9}  # fmt: skip
+                        "executed_flops_per_step": executed, "model_gflops": flops / step / 1e9,
+                        "executed_gflops": executed / step / 1e9}  # fmt: skip
     result["vlm"]["vision_s"] = vision_seconds(stages["vlm"], batches["vlm"], args.device)
     result["vlm"]["vision_share"] = result["vlm"]["vision_s"] / result["vlm"]["median_step_s"]
     result["ratio"] = result["vlm"]["tokens_per_s"] / result["llm"]["tokens_per_s"]
@@ -240,6 +247,7 @@ def main() -> None:
     for result in results:
         for name in ("llm", "vlm"):
             result[name]["mfu"] = result[name]["model_gflops"] / peak
+            result[name]["executed_mfu"] = result[name]["executed_gflops"] / peak
     report = {"machine": machine_info(args.device), "command": " ".join(sys.argv), "preset": args.preset,
               "rows": args.rows, "seq_len": args.seq_len, "precision": args.precision,
               "tokens_per_step": args.rows * args.seq_len, "multimodal_rows": multimodal,
@@ -266,8 +274,10 @@ def print_report(report: dict[str, Any]) -> None:
             vision = f"{side['vision_share']:.0%}" if "vision_share" in side else ""
             ratio = f"{r['ratio']:.2f} (rounds {r['ratio_per_round_median']:.2f})" if name == "vlm" else ""
             rows.append((r["mode"], name, f"{side['median_step_s'] * 1e3:.0f}", f"{side['tokens_per_s']:.0f}",
-                         f"{side['model_gflops']:.1f}", f"{side['mfu']:.1%}", vision, ratio))  # fmt: skip
-    print_table(["mode", "step", "median ms", "tokens/s", "GFLOP/s", "MFU", "vision share", "VLM/LLM"], rows)
+                         f"{side['flops_per_step'] / 1e9:.1f}", f"{side['executed_flops_per_step'] / 1e9:.1f}",
+                         f"{side['mfu']:.1%}", f"{side['executed_mfu']:.1%}", vision, ratio))  # fmt: skip
+    print_table(["mode", "step", "median ms", "tokens/s", "GFLOP/step", "executed", "MFU", "executed MFU",
+                 "vision share", "VLM/LLM"], rows)  # fmt: skip
     for mode, reason in report["skipped"].items():
         print(f"{mode}: skipped, {reason}")
     for r in report["modes"]:
