@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     # deprecation noise from inside Lightning and litdata, not actionable by users of the command
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     warnings.filterwarnings("ignore", message="The given buffer is not writable")
+    warnings.filterwarnings("ignore", message="Precision bf16-mixed is not supported by the model summary")
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())

@@ -23,6 +23,7 @@ from mm_lightning.callbacks import (
 )
 from mm_lightning.checkpoint import check_checkpoint_fits
 from mm_lightning.errors import ConfigError, find_user_error
+from mm_lightning.precision import AutoPrecisionTrainer
 from mm_lightning.stages import StageModule
 
 
@@ -90,8 +91,10 @@ class MMLightningCLI(LightningCLI):
     before_validate = before_test = before_predict = _before_evaluation
 
 
-# what every mm-lightning CLI parses: any stage module, any datamodule, optimizers from the stage itself
+# what every mm-lightning CLI parses: any stage module, any datamodule, optimizers from the stage itself, and
+# trainer.precision: bf16-auto (bf16-mixed where the device computes bf16 natively, else 32-true)
 CLI_CLASSES = dict(
+    trainer_class=AutoPrecisionTrainer,
     model_class=StageModule,
     subclass_mode_model=True,
     datamodule_class=LightningDataModule,

@@ -32,10 +32,14 @@ def rope_cos_sin(position_ids: Tensor, head_dim: int, base: float, dtype: torch.
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate ``x`` ``[B, H, T, D]`` by the tables from :func:`rope_cos_sin` (half-split convention)."""
+    """Rotate ``x`` ``[B, H, T, D]`` by the tables from :func:`rope_cos_sin` (half-split convention).
+
+    The result keeps ``x``'s dtype: under bf16 autocast the tables are float32 (built from the float32 residual
+    stream) while ``q``/``k`` come out of a bf16 matmul; the rotation runs in float32 and ``q``, ``k``, ``v`` reach
+    the attention kernel in one dtype (as Llama's ``type_as``)."""
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+    return (x * cos + rotated * sin).to(x.dtype)
 
 
 def grid_position_ids(grid_hw: Tensor) -> Tensor:

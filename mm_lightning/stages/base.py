@@ -40,6 +40,7 @@ from mm_lightning.media.images import ImagePreprocessing
 from mm_lightning.models.registry import build_from_config, config_from_dict
 from mm_lightning.optim import OptimizerConfig, build_optimizer
 from mm_lightning.parallel import parallelize
+from mm_lightning.precision import clip_gradients
 from mm_lightning.schedules import (
     LRSchedule,
     build_lr_scheduler,
@@ -162,6 +163,13 @@ class StageModule(pl.LightningModule):
         optimizer = build_optimizer(self, self.optimizer_config, lr=table[0].peak_lr)
         scheduler = build_lr_scheduler(optimizer, table, step_offset=self.global_step_offset)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(
+        self, optimizer: Any, gradient_clip_val: Any = None, gradient_clip_algorithm: Any = None
+    ) -> None:
+        """Lightning's clipping, also for a fused AdamW under bf16 autocast (:func:`.precision.clip_gradients`)."""
+        if not clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm):
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def fit_schedule_to_stage(self) -> None:
         """Give the schedule pieces without ``total_steps`` the stage's length (``trainer.max_steps``), warning in one
