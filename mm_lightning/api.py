@@ -134,8 +134,7 @@ class Model:
         packed = pack_patches([p for p, _ in pieces], [g for _, g in pieces])
         features = vit(packed["patches"].to(self.device), packed["grid_hw"].to(self.device),
                        packed["seq_ids"].to(self.device))  # fmt: skip
-        pooled = coca.pooler(features, packed["seq_ids"].to(self.device), len(pieces))  # [n, 1 + Q, d]
-        return F.normalize(coca.image_proj(pooled[:, 0]), dim=-1).float().cpu()
+        return coca.encode_image(features, packed["seq_ids"].to(self.device), len(pieces))[1].float().cpu()
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:

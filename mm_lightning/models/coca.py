@@ -4,10 +4,12 @@ Kimi-VL trains its ViT first with a CoCa loss: SigLIP's pairwise sigmoid contras
 plus captioning through a tiny text decoder. This module holds everything except the ViT:
 
 - a **unimodal causal text encoder** (token + learned position embeddings, causal self-attention blocks);
-  the text embedding is read at each caption's last real token (its EOD) and projected to ``embed_dim``;
+  the text embedding is read at each caption's last real token (its EOD; ``text_pool: mean`` averages all of
+  the caption's states instead) and projected to ``embed_dim``;
 - an **attentional pooler**: learned queries cross-attend to one image's patch features. Query 0 gives the
-  image embedding for the contrastive loss, the other ``n_image_queries`` are the image tokens the
-  decoder reads;
+  image embedding for the contrastive loss (``image_pool: attentional``, the paper's), the other
+  ``n_image_queries`` are the image tokens the decoder reads. ``image_pool: max`` takes the contrastive
+  embedding from the channel-wise maximum of the image's normalised patch features instead;
 - a **multimodal text decoder**: blocks with causal self-attention and cross-attention to the pooled image
   tokens, continuing from the unimodal encoder's hidden states (as in the paper), then next-token logits;
 - the learnable **logit scale and bias** (SigLIP init: ``exp(scale) = 10``, bias ``-10``). They live here,
@@ -26,6 +28,14 @@ per-image layout its queries would attend to padding. Self-attention here goes t
 ``mm_lightning.ops.attention.attention``; cross-attention (queries and keys of different lengths, which
 that interface does not cover: its xformers path assumes q and k share one packed layout) calls
 PyTorch SDPA directly with a boolean key mask.
+
+Why the ``max`` and ``mean`` readouts: trained from scratch, an attentional query starts out averaging the
+patches, so an object that covers a few of up to a hundred patches (the demo's emoji) barely moves the image
+embedding, and the text embedding read at one token barely depends on a name early in the caption; neither side
+then gives the other a gradient towards the object. Measured with ``benchmarks/vit_identity_budget.py`` (tiny
+ViT, emoji-identity probe, 240 steps): query 0 and the EOD state stay at chance (1/64), max and mean reach
+about 0.35. Pretrained towers (SigLIP's) do not have this cold start, so the presets keep the paper's readouts
+and the demo config switches.
 """
 
 from __future__ import annotations
@@ -41,6 +51,9 @@ from torch import Tensor, nn
 from mm_lightning.errors import ConfigError
 from mm_lightning.models.registry import register_backbone, register_preset
 from mm_lightning.ops.attention import attention
+
+IMAGE_POOLS = ("attentional", "max")
+TEXT_POOLS = ("last", "mean")
 
 
 @dataclass
@@ -67,6 +80,11 @@ class CoCaConfig:
     """Width of the shared contrastive embedding space."""
     n_image_queries: int = 16
     """Pooled image tokens the decoder cross-attends to (the pooler has one more, the contrastive query)."""
+    image_pool: str = "attentional"
+    """Contrastive image embedding: ``attentional`` (the pooler's query 0) or ``max`` (channel-wise max over the
+    image's layer-normalised patch features, then a projection)."""
+    text_pool: str = "last"
+    """Contrastive text embedding: ``last`` (the state at the caption's EOD) or ``mean`` (over its real tokens)."""
     logit_scale_init: float = math.log(10.0)
     """Initial log of the contrastive logit scale: ``log(10)`` for SigLIP, ``log(1/0.07)`` for CLIP."""
     logit_bias_init: float = -10.0
@@ -85,6 +103,10 @@ class CoCaConfig:
             raise ConfigError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.n_image_queries < 1:
             raise ConfigError(f"n_image_queries must be at least 1, got {self.n_image_queries}")
+        if self.image_pool not in IMAGE_POOLS:
+            raise ConfigError(f"image_pool must be one of {', '.join(IMAGE_POOLS)}, got {self.image_pool!r}")
+        if self.text_pool not in TEXT_POOLS:
+            raise ConfigError(f"text_pool must be one of {', '.join(TEXT_POOLS)}, got {self.text_pool!r}")
         self.head_dim = self.d_model // self.n_heads
 
 
@@ -240,7 +262,9 @@ class CoCaHeads(nn.Module):
         self.text_norm = nn.LayerNorm(config.d_model, eps=config.norm_eps)
         self.text_proj = nn.Linear(config.d_model, config.embed_dim, bias=False)
         self.pooler = AttentionalPooler(config)
-        self.image_proj = nn.Linear(config.d_model, config.embed_dim, bias=False)
+        max_pool = config.image_pool == "max"
+        self.image_norm = nn.LayerNorm(config.vision_dim, eps=config.norm_eps) if max_pool else None
+        self.image_proj = nn.Linear(config.vision_dim if max_pool else config.d_model, config.embed_dim, bias=False)
         self.decoder_norm = nn.LayerNorm(config.d_model, eps=config.norm_eps)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.logit_scale = nn.Parameter(torch.empty(1))  # [1]: fully_shard refuses 0-d parameters
@@ -293,23 +317,39 @@ class CoCaHeads(nn.Module):
         n_images, seq_len = caption_ids.shape
         if seq_len > self.config.max_text_len:
             raise ValueError(f"Captions of {seq_len} tokens exceed max_text_len={self.config.max_text_len}")
-        pooled = self.pooler(image_features, image_seq_ids, n_images)  # [B, 1 + Q, d]
+        image_tokens, image_embed = self.encode_image(image_features, image_seq_ids, n_images)  # [B, Q, d], [B, E]
         text_states, text_embed = self.encode_text(caption_ids, caption_mask)  # [B, L, d], [B, E]
         return {
-            "image_embed": F.normalize(self.image_proj(pooled[:, 0]), dim=-1),  # [B, E]
+            "image_embed": image_embed,
             "text_embed": text_embed,
-            "caption_logits": self.decode(text_states, pooled[:, 1:]),  # [B, L, V]
+            "caption_logits": self.decode(text_states, image_tokens),  # [B, L, V]
             "logit_scale": self.logit_scale.exp().clamp(max=100.0),
             "logit_bias": self.logit_bias,
         }
+
+    def encode_image(self, image_features: Tensor, image_seq_ids: Tensor, n_images: int) -> tuple[Tensor, Tensor]:
+        """The decoder's pooled image tokens ``[B, Q, d]`` and the normalised image embedding ``[B, E]``.
+
+        ``image_features`` ``[1, N, vision_dim]`` and ``image_seq_ids`` ``[1, N]`` are packed as in :meth:`forward`.
+        """
+        pooled = self.pooler(image_features, image_seq_ids, n_images)  # [B, 1 + Q, d]
+        if self.image_norm is None:
+            return pooled[:, 1:], F.normalize(self.image_proj(pooled[:, 0]), dim=-1)
+        patches, key_mask = pad_images(self.image_norm(image_features), image_seq_ids, n_images)  # [B, P, Dv]
+        strongest = patches.masked_fill(~key_mask[..., None], float("-inf")).amax(dim=1)  # [B, Dv]
+        return pooled[:, 1:], F.normalize(self.image_proj(strongest), dim=-1)
 
     def encode_text(self, caption_ids: Tensor, caption_mask: Tensor) -> tuple[Tensor, Tensor]:
         """Unimodal blocks: hidden states ``[B, L, d]`` and the normalised text embedding ``[B, E]``."""
         x = self.embed(caption_ids) + self.pos_embed[: caption_ids.shape[1]]  # [B, L, d]
         for block in self.blocks[: self.config.n_unimodal_layers]:
             x = block(x)
-        last = x[torch.arange(x.shape[0], device=x.device), last_token_index(caption_mask)]  # [B, d]
-        return x, F.normalize(self.text_proj(self.text_norm(last)), dim=-1)
+        if self.config.text_pool == "mean":
+            weights = caption_mask.to(x.dtype)[..., None]  # [B, L, 1]
+            read = (x * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)  # [B, d]
+        else:
+            read = x[torch.arange(x.shape[0], device=x.device), last_token_index(caption_mask)]  # [B, d]
+        return x, F.normalize(self.text_proj(self.text_norm(read)), dim=-1)
 
     def decode(self, text_states: Tensor, image_tokens: Tensor) -> Tensor:
         """Multimodal blocks over the unimodal states, reading ``image_tokens`` ``[B, Q, d]``: logits ``[B, L, V]``."""

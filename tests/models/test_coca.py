@@ -188,3 +188,46 @@ def test_captions_longer_than_max_text_len_fail():
     batch["caption_mask"] = batch["caption_mask"].repeat(1, 3)
     with pytest.raises(ValueError, match="max_text_len=16"):
         _micro_heads()(**batch)
+
+
+def _readout_heads(**fields) -> CoCaHeads:
+    torch.manual_seed(0)
+    return build_backbone("coca", "tiny", **{**MICRO, **fields}).eval()
+
+
+@torch.no_grad()
+def test_max_image_pool_is_the_strongest_normalised_patch_of_each_image():
+    heads, batch = _readout_heads(image_pool="max"), _batch()
+    out = heads(**batch)
+    for image, count in enumerate(PATCHES_PER_IMAGE):
+        own = batch["image_features"][0, batch["image_seq_ids"][0] == image]  # [count, Dv]
+        assert own.shape[0] == count
+        expected = F.normalize(heads.image_proj(heads.image_norm(own).amax(dim=0)), dim=-1)
+        torch.testing.assert_close(out["image_embed"][image], expected)
+    # one image's patches change only that image's embedding, and the decoder still reads the pooler's queries
+    second = batch["image_seq_ids"][0] == 1
+    batch["image_features"][0, second] = torch.randn(int(second.sum()), MICRO["vision_dim"])
+    after = heads(**batch)
+    torch.testing.assert_close(after["image_embed"][[0, 2]], out["image_embed"][[0, 2]])
+    assert not torch.allclose(after["image_embed"][1], out["image_embed"][1])
+    assert out["caption_logits"].shape == (3, 8, MICRO["vocab_size"])
+
+
+@torch.no_grad()
+def test_mean_text_pool_reads_every_caption_token_and_ignores_padding():
+    heads, batch = _readout_heads(text_pool="mean"), _batch()
+    states, embed = heads.encode_text(batch["caption_ids"], batch["caption_mask"])
+    for row, length in enumerate((6, 3, 8)):
+        expected = F.normalize(heads.text_proj(heads.text_norm(states[row, :length].mean(dim=0))), dim=-1)
+        torch.testing.assert_close(embed[row], expected)
+    # the first token matters to the mean readout (with ``last`` only through attention); padding never does
+    padded = batch["caption_ids"].clone()
+    padded[1, 3:] = 7  # the second caption's padding slots
+    torch.testing.assert_close(heads.encode_text(padded, batch["caption_mask"])[1][1], embed[1])
+
+
+def test_readout_options_are_checked():
+    with pytest.raises(ConfigError, match="image_pool"):
+        build_backbone("coca", "tiny", **{**MICRO, "image_pool": "mean"})
+    with pytest.raises(ConfigError, match="text_pool"):
+        build_backbone("coca", "tiny", **{**MICRO, "text_pool": "first"})
