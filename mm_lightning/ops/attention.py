@@ -1,7 +1,9 @@
 """One attention interface, several backends: PyTorch SDPA (everywhere) and xformers (CUDA only).
 
-On SDPA, packed sequences attend document by document (``ops/varlen.py``) whenever that is cheaper than one
-dense block-diagonal mask over the whole row, which is always the case for packed images of similar size.
+On SDPA, packed sequences attend document by document (``ops/varlen.py``: documents bucketed by length, SDPA's
+maskless kernel within each bucket) whenever that is cheaper than one dense block-diagonal mask over the whole row,
+which is nearly always. PyTorch's FlexAttention is not a backend here: in torch 2.14 it has no backward pass on the
+CPU, and on CUDA the bucketed SDPA path runs the flash kernels already.
 
 ``attention(q, k, v, causal=..., seq_ids=..., backend=...)`` takes heads-first tensors, grouped-query
 keys/values and optional packed-sequence ids (see ``ops/packing.py``). xformers is imported lazily and
