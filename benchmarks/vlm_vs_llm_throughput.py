@@ -157,9 +157,10 @@ def step_flops(stage: Any, batch: dict[str, Any]) -> tuple[float, float]:
 
 
 def vision_seconds(stage: Any, batches: list[dict[str, Any]], device: str) -> float:
-    """Median time of the ViT + projector's forward and backward alone over ``batches``."""
+    """Median time of the ViT + projector's forward and backward alone over ``batches`` (after one untimed pass:
+    outside the Trainer a compiled block may compile again)."""
     times = []
-    for batch in batches:
+    for batch in batches[:1] + batches:
         images = [batch[key].to(device) for key in ("patches", "grid_hw", "patch_seq_ids")]
         if device == "cuda":
             torch.cuda.synchronize()
@@ -169,7 +170,7 @@ def vision_seconds(stage: Any, batches: list[dict[str, Any]], device: str) -> fl
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     stage.zero_grad(set_to_none=True)
-    return statistics.median(times)
+    return statistics.median(times[1:])
 
 
 def measure_mode(mode: str, batches: dict[str, list], args: argparse.Namespace) -> dict[str, Any]:
