@@ -1,43 +1,371 @@
-"""What only a CUDA GPU can show: xformers against SDPA, bf16 and FSDP2 training, tokens/s and MFU.
+"""One prepared run on a lent GPU for issue 16: bf16 training speed and MFU of the 1b LLM and the VLM with compile
+off and on, the 128K-token long-context row's memory and tokens/s, Muon against AdamW; JSON and a table.
 
-One script, one call on a lent GPU (see ``benchmarks/README.md``). Each section is independent: a failure is
-reported and the next section runs. Results go to stdout as a table and, with ``--out``, to a JSON file.
+Sections (``--dry-run`` lists them with their time budgets; ``--sections`` picks some):
 
-Sections:
+* ``matmul``: the GPU's practical bf16 peak (median of 8192^3 and 4096^3 products), the MFU denominator.
+* ``llm``, ``llm-compiled``: ``TextPretrainStage`` (``llm/1b``) under a Lightning ``Trainer``, bf16-mixed, FSDP2 on a
+  one-GPU mesh (``ModelParallelStrategy``), packed rows of ``--seq-len`` tokens (documents of mean ``--mean-doc``),
+  eager and with the stage's ``compile`` switch (each block compiled): tokens/s, model TFLOP/s (PaLM's count,
+  ``LLM.flops_per_token``), MFU against ``matmul``, peak memory.
+* ``vlm``, ``vlm-compiled``: the same for ``JointStage`` with the ``1b`` LLM and the ``so400m`` ViT and projector
+  (random weights), on rows of the same shape holding natively packed random images (14-pixel patches, 224-504
+  pixels a side) with their captions, the last gap filled with text: tokens/s counts LLM positions, FLOPs are
+  ``vlm_step_flops`` (LLM, ViT and projector).
+* ``long-128k``: one row of ``configs/joint_long_context/1b_fsdp2_128k.yaml``'s shape (its sequence length, RoPE base,
+  activation checkpointing, chunked loss and compile switch, FSDP2 on one GPU), one document a row: peak memory and
+  tokens/s.
+* ``muon-vs-adamw``: ``benchmarks/muon_fsdp2.py`` with ``llm/1b`` on one GPU (FSDP2 over a one-GPU mesh): median step
+  and optimizer step of each, alternating.
+* Not run unless named: ``attention-numerics`` (xformers and SDPA on packed rows against float64),
+  ``attention-speed`` (their forward + backward time), ``vlm-numerics`` (packed == alone, KV cache == none).
 
-* ``matmul``: the card's practical bf16 peak (median of 8192^3 products on random data), the MFU denominator.
-* ``attention-numerics``: ``attention()`` on packed rows (random document boundaries, GQA) with the
-  ``xformers`` and ``sdpa`` backends, against a float64 reference: relative error of the output and of the
-  gradients of q, k and v, causal (LLM) and bidirectional (ViT), in float32 and bf16.
-* ``attention-speed``: forward + backward time of the same packed attention, bf16, LLM-1b shapes.
-* ``train``: ``TextPretrainStage`` (llm/1b) under a Lightning ``Trainer``, bf16-mixed, one GPU under
-  ``ModelParallelStrategy`` (FSDP2 ``fully_shard`` on a one-GPU mesh), for each attention backend, eager and
-  per-block compiled: tokens/s and MFU (PaLM FLOPs per token over the measured bf16 peak).
-* ``vlm``: the aligned VLM path on CUDA: packed multimodal logits equal each sample alone (xformers),
-  xformers against SDPA logits, and KV-cached greedy generation equal to uncached, in float32.
+Each section runs in its own process under its time budget: one that fails or overruns is reported (with the end of
+its traceback) and the next one runs; the whole run stops starting sections at ``--budget`` seconds. The results
+are written to ``--out`` after every section.
 
 Usage::
 
-    python benchmarks/gpu_check.py --out gpu_check.json
+    python benchmarks/gpu_check.py --dry-run                       # the plan, no GPU needed
+    python benchmarks/gpu_check.py --out gpu_check.json            # everything above, about 11 minutes on an H200
+    python benchmarks/gpu_check.py --sections matmul llm --out gpu_llm.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
-import traceback
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
-from mm_lightning.ops.attention import attention, xformers_available
+from mm_lightning.ops.attention import attention, resolve_backend, xformers_available
 from mm_lightning.ops.patches import pack_patches
 
-RESULTS: dict[str, Any] = {}
+ROOT = Path(__file__).resolve().parent.parent
+LONG_CONFIG = ROOT / "configs" / "joint_long_context" / "1b_fsdp2_128k.yaml"
+
+
+@dataclass(frozen=True)
+class Section:
+    """A part of the run: its time budget and what it measures."""
+
+    budget_s: int
+    what: str
+
+
+SECTIONS = {
+    "matmul": Section(25, "bf16 matmul peak (the MFU denominator)"),
+    "llm": Section(75, "llm/1b, bf16-mixed, FSDP2 on 1 GPU, eager: tokens/s, MFU"),
+    "llm-compiled": Section(115, "llm/1b as above, each block compiled"),
+    "vlm": Section(80, "VLM (llm/1b + vit/so400m), bf16-mixed, eager: tokens/s, MFU"),
+    "vlm-compiled": Section(125, "VLM as above, each block compiled"),
+    "long-128k": Section(150, "one 128K-token row, 1b_fsdp2_128k.yaml's shape: peak memory, tokens/s"),
+    "muon-vs-adamw": Section(90, "Muon vs AdamW step time, llm/1b, FSDP2 on 1 GPU"),
+    "attention-numerics": Section(30, "attention backends on packed rows against float64"),
+    "attention-speed": Section(30, "attention forward + backward time, packed rows"),
+    "vlm-numerics": Section(30, "tiny VLM: packed == alone, KV cache == none"),
+}
+DEFAULT_SECTIONS = ("matmul", "llm", "llm-compiled", "vlm", "vlm-compiled", "long-128k", "muon-vs-adamw")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, help="JSON file for the results (written after every section)")
+    parser.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=list(DEFAULT_SECTIONS))
+    parser.add_argument("--budget", type=float, default=690.0, help="seconds: no section starts that would end later")
+    parser.add_argument("--dry-run", action="store_true", help="list the sections and their budgets, run nothing")
+    parser.add_argument("--seq-len", type=int, default=4096, help="tokens a row (llm, vlm)")
+    parser.add_argument("--batch", type=int, default=4, help="rows a step (llm, vlm)")
+    parser.add_argument("--mean-doc", type=int, default=1024, help="mean document length of the llm rows")
+    parser.add_argument("--steps", type=int, default=8, help="measured training steps (llm, vlm)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed first steps (llm, vlm)")
+    parser.add_argument("--long-steps", type=int, default=2, help="measured steps of the 128K row (after one warm-up)")
+    parser.add_argument("--llm", default="1b", help="LLM preset")
+    parser.add_argument("--vision", default="so400m", help="ViT and projector preset of the VLM")
+    parser.add_argument("--long-seq-len", type=int, help="tokens of the long row (default: the 128K config's)")
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: a smoke run of the plumbing")
+    parser.add_argument("--section", help=argparse.SUPPRESS)  # internal: run this one section in this process
+    parser.add_argument("--part", type=Path, help=argparse.SUPPRESS)  # internal: where that section writes its result
+    return parser.parse_args(argv)
+
+
+def plan(args: argparse.Namespace) -> list[tuple[str, Section]]:
+    """The sections to run, in order, with their budgets."""
+    return [(name, SECTIONS[name]) for name in args.sections]
+
+
+def print_plan(args: argparse.Namespace) -> None:
+    rows = plan(args)
+    for name, section in rows:
+        print(f"{name:20s} {section.budget_s:4d} s  {section.what}")
+    total = sum(section.budget_s for _, section in rows)
+    print(f"{'total':20s} {total:4d} s  (the run starts no section past --budget {args.budget:.0f} s)")
+
+
+# -- running sections, each in its own process -----------------------------------------------------------------------
+
+
+def run_in_subprocess(name: str, timeout: float, argv: list[str]) -> dict[str, Any]:
+    """Run section ``name`` in a fresh Python process (killed with its children after ``timeout`` seconds)."""
+    with tempfile.TemporaryDirectory() as folder:
+        part = Path(folder) / "part.json"
+        command = [sys.executable, str(Path(__file__).resolve()), *argv, "--section", name, "--part", str(part)]
+        process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True)  # fmt: skip
+        try:
+            output, _ = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            output, _ = process.communicate()
+            raise TimeoutError(f"over its {timeout:.0f} s budget; last output: {output[-400:]}") from None
+        if process.returncode != 0 or not part.exists():
+            raise RuntimeError(f"exit code {process.returncode}; last output: {output[-1200:]}")
+        return json.loads(part.read_text())
+
+
+def run_sections(
+    sections: list[tuple[str, Section]], run: Callable[[str, float], dict[str, Any]], budget: float,
+    save: Callable[[dict[str, Any]], None] = lambda results: None,
+) -> dict[str, Any]:  # fmt: skip
+    """Each section through ``run(name, timeout)``: its result, or its error, or why it was skipped; never raises."""
+    results: dict[str, Any] = {}
+    start = time.perf_counter()
+    for name, section in sections:
+        elapsed = time.perf_counter() - start
+        if elapsed + section.budget_s > budget:
+            results[name] = {"status": "skipped", "error": f"{elapsed:.0f} s used of the run's {budget:.0f} s"}
+            continue
+        began = time.perf_counter()
+        try:
+            results[name] = {"status": "ok", **run(name, section.budget_s)}
+        except Exception as error:
+            results[name] = {"status": "failed", "error": f"{type(error).__name__}: {error}"[-1500:]}
+        results[name]["seconds"] = time.perf_counter() - began
+        print(f"[{name}] {results[name]['status']} in {results[name]['seconds']:.0f} s", flush=True)
+        save(results)
+    return results
+
+
+# -- training sections -----------------------------------------------------------------------------------------------
+
+
+class StepClock:
+    """Lightning callback: the wall clock after each training step (CUDA synchronised) and the step's loss."""
+
+    def __new__(cls):  # built lazily: importing Lightning is the sections' business, not the planner's
+        import lightning.pytorch as pl
+
+        class _StepClock(pl.Callback):
+            def __init__(self) -> None:
+                self.ends: list[float] = []
+                self.losses: list[float] = []
+
+            def on_train_batch_end(self, trainer, module, outputs, *args) -> None:
+                if torch.cuda.is_initialized():
+                    torch.cuda.synchronize()
+                self.ends.append(time.perf_counter())
+                self.losses.append(float(outputs["loss"]))
+
+        return _StepClock()
+
+
+def fit_timed(stage: Any, loader: Any, steps: int, warmup: int, device: str) -> dict[str, Any]:
+    """Train ``stage`` for ``warmup + steps`` steps on one device under FSDP2, bf16-mixed; the measured steps' median
+    step time, peak memory (CUDA) and first and last loss."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    clock = StepClock()
+    trainer = pl.Trainer(
+        accelerator=device, devices=1, precision="bf16-mixed", max_steps=warmup + steps, gradient_clip_val=1.0,
+        strategy=ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=1), callbacks=[clock],
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        limit_val_batches=0, num_sanity_val_steps=0,
+    )  # fmt: skip
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(num_workers|does not have many workers|total_steps|warmup).*")
+        trainer.fit(stage, train_dataloaders=loader)
+    ends = clock.ends[warmup - 1 :]
+    step_s = statistics.median(b - a for a, b in zip(ends, ends[1:]))
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
+    return {"median_step_s": step_s, "peak_mem_gib": peak,
+            "first_loss": clock.losses[0], "last_loss": clock.losses[-1], "measured_steps": len(ends) - 1}  # fmt: skip
+
+
+def batch_loader(batches: list[dict[str, Any]]) -> Any:
+    """A loader over prepared batches, one step each."""
+    return torch.utils.data.DataLoader(batches, batch_size=None, collate_fn=lambda batch: batch)
+
+
+def section_llm(args: argparse.Namespace, compile: bool) -> dict[str, Any]:
+    from mm_lightning.data.synthetic import SyntheticTextDataModule
+    from mm_lightning.stages import TextPretrainStage
+
+    stage = TextPretrainStage(llm=args.llm, compile=compile)
+    data = SyntheticTextDataModule(
+        vocab_size=stage.llm.config.vocab_size,
+        seq_len=args.seq_len,
+        batch_size=args.batch,
+        num_rows=(args.steps + args.warmup) * args.batch,
+        mean_doc_len=args.mean_doc,
+    )
+    timed = fit_timed(stage, data.train_dataloader(), args.steps, args.warmup, args.device)
+    tokens = args.seq_len * args.batch
+    flops = stage.llm.flops_per_token(args.seq_len) * tokens
+    return {
+        **timed,
+        "compile": compile,
+        "seq_len": args.seq_len,
+        "batch": args.batch,
+        "mean_doc": args.mean_doc,
+        "params": stage.llm.num_params(),
+        "attention": resolve_backend("auto", torch.device(args.device)),
+        "tokens_per_s": tokens / timed["median_step_s"],
+        "model_tflops": flops / timed["median_step_s"] / 1e12,
+    }
+
+
+def vlm_rows(rows: int, seq_len: int, vit_config: Any, merge: int, seed: int, vocab: int = 32_000) -> dict[str, Any]:
+    """A packed VLM batch of ``rows`` full rows: random images each with a caption, while they fit, then text in
+    the last gap; as the joint stages' image-text source gives them. Images keep a native size: 16-36 patches a
+    side (224-504 pixels at patch 14), even, at most the ViT's ``max_patches``."""
+    from mm_lightning.data.mixture.packing import expand_sample, pack_samples
+    from mm_lightning.media.interleave import MixSample
+    from mm_lightning.tokenizer import EOD_ID, IMAGE_END_ID, IMAGE_ID, IMAGE_START_ID
+
+    rng = random.Random(seed)
+    samples = []
+    for _ in range(rows):
+        room = seq_len
+        while True:
+            h, w = image_grid(rng, vit_config.max_patches, merge)
+            caption = [rng.randrange(8, vocab) for _ in range(rng.randint(24, 96))]
+            patches = torch.randn(h * w, 3 * vit_config.patch_size**2)
+            scene = MixSample([IMAGE_START_ID, IMAGE_ID, IMAGE_END_ID, *caption, EOD_ID], [(patches, (h, w))])
+            length = len(expand_sample(scene, merge)[0]) - 1
+            if length > room:
+                break
+            samples.append(scene)
+            room -= length
+        if room:
+            samples.append(MixSample([rng.randrange(8, vocab) for _ in range(room + 1)]))
+    packed = pack_samples(samples, seq_len, merge)
+    if packed["input_ids"].shape[0] != rows or int(packed["sample_tokens"].sum()) != rows * seq_len:
+        raise RuntimeError(f"expected {rows} full rows, got {tuple(packed['input_ids'].shape)}")
+    return packed
+
+
+def image_grid(rng: random.Random, max_patches: int, merge: int, low: int = 16, high: int = 36) -> tuple[int, int]:
+    """A random ``(h, w)`` patch grid: sides multiples of ``merge`` in ``[low, high]`` (smaller where ``max_patches``
+    allows no ``low x low``), ``h * w <= max_patches``."""
+    low = min(low, int(max_patches**0.5)) // merge * merge
+    while True:
+        h, w = (merge * rng.randint(low // merge, high // merge) for _ in range(2))
+        if h * w <= max_patches:
+            return h, w
+
+
+def section_vlm(args: argparse.Namespace, compile: bool) -> dict[str, Any]:
+    from bench_common import preset_stage
+
+    from mm_lightning.models.flops import vlm_step_flops
+    from mm_lightning.stages import JointStage
+    from mm_lightning.tokenizer import IMAGE_ID
+
+    stage = preset_stage(JointStage)(args.llm, args.vision, handoff="weights_only", compile=compile)
+    merge = stage.projector.config.shuffle_factor
+    batches = [vlm_rows(args.batch, args.seq_len, stage.vit.config, merge, seed, stage.llm.config.vocab_size)
+               for seed in range(args.steps + args.warmup)]  # fmt: skip
+    timed = fit_timed(stage, batch_loader(batches), args.steps, args.warmup, args.device)
+    tokens = args.seq_len * args.batch
+    flops = statistics.fmean(vlm_step_flops(stage.llm, stage.vit, stage.projector, tokens, args.seq_len, b["grid_hw"])
+                             for b in batches)  # fmt: skip
+    image_tokens = statistics.fmean(int((b["input_ids"] == IMAGE_ID).sum()) for b in batches)
+    return {**timed, "compile": compile, "seq_len": args.seq_len, "batch": args.batch,
+            "images_per_step": statistics.fmean(int(b["grid_hw"].shape[0]) for b in batches),
+            "image_token_share": image_tokens / tokens, "tokens_per_s": tokens / timed["median_step_s"],
+            "model_tflops": flops / timed["median_step_s"] / 1e12}  # fmt: skip
+
+
+def long_context_shape(path: Path = LONG_CONFIG) -> dict[str, Any]:
+    """The 128K row's shape from the stage config: sequence length and RoPE base (``RoPEBaseSwitch``), activation
+    checkpointing, the loss's chunk size and the compile switch."""
+    config = yaml.safe_load(path.read_text())
+    switch = next(c["init_args"] for c in config["trainer"]["callbacks"] if c["class_path"].endswith("RoPEBaseSwitch"))
+    model = config["model"]["init_args"]
+    return {
+        "seq_len": switch["seq_len"],
+        "rope_base": float(switch["base"]),
+        "activation_checkpointing": model["activation_checkpointing"],
+        "compile": model["compile"],
+        "loss_chunk_size": model["loss_chunk_size"],
+        "rows": config["data"]["init_args"]["samples_per_batch"],
+    }
+
+
+def section_long(args: argparse.Namespace) -> dict[str, Any]:
+    from mm_lightning.data.synthetic import SyntheticTextDataModule
+    from mm_lightning.stages import TextPretrainStage
+
+    shape = long_context_shape()
+    shape["seq_len"] = args.long_seq_len or shape["seq_len"]
+    stage = TextPretrainStage(llm=args.llm, llm_overrides={"rope_base": shape["rope_base"]}, compile=shape["compile"],
+                              activation_checkpointing=shape["activation_checkpointing"],
+                              loss_chunk_size=shape["loss_chunk_size"])  # fmt: skip
+    steps = args.long_steps + 1
+    data = SyntheticTextDataModule(
+        vocab_size=stage.llm.config.vocab_size,
+        seq_len=shape["seq_len"],
+        batch_size=shape["rows"],
+        num_rows=steps * shape["rows"],
+        mean_doc_len=10**12,
+    )
+    timed = fit_timed(stage, data.train_dataloader(), args.long_steps, 1, args.device)
+    tokens = shape["seq_len"] * shape["rows"]
+    flops = stage.llm.flops_per_token(shape["seq_len"]) * tokens
+    return {**timed, **shape, "documents_per_row": 1, "tokens_per_s": tokens / timed["median_step_s"],
+            "model_tflops": flops / timed["median_step_s"] / 1e12}  # fmt: skip
+
+
+def section_muon(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "muon.json"
+        script = str(ROOT / "benchmarks" / "muon_fsdp2.py")
+        shape = ["--batch-size", str(args.batch), "--seq-len", str(args.seq_len), "--warmup", "2", "--rounds", "5"]
+        command = [sys.executable, script, "--preset", args.llm, "--device", args.device, "--world", "1", *shape]
+        command += ["--out", str(out)]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"muon_fsdp2.py exit code {done.returncode}: {(done.stdout + done.stderr)[-1200:]}")
+        result = json.loads(out.read_text())
+    medians = {name: {k: statistics.median(v) for k, v in times.items()} for name, times in result["times_s"].items()}
+    step = {name: m["step"] for name, m in medians.items()}
+    return {**result, "medians_s": medians, "muon_over_adamw_step": step["muon"] / step["adamw"],
+            "tokens_per_s": {name: result["tokens_per_step"] / seconds for name, seconds in step.items()}}  # fmt: skip
+
+
+def section_matmul(args: argparse.Namespace) -> dict[str, Any]:
+    tflops = {}
+    for n in (4096, 8192):
+        a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+        tflops[n] = 2 * n**3 / cuda_time(lambda a=a, b=b: a @ b) / 1e12
+    return {"bf16_tflops": max(tflops.values()), "by_size": tflops}
 
 
 def cuda_time(fn: Callable[[], Any], warmup: int = 3, repeats: int = 10) -> float:
@@ -53,14 +381,6 @@ def cuda_time(fn: Callable[[], Any], warmup: int = 3, repeats: int = 10) -> floa
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end) / 1e3)
     return sorted(times)[len(times) // 2]
-
-
-def section_matmul() -> None:
-    n = 8192
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    seconds = cuda_time(lambda: a @ b)
-    RESULTS["matmul_bf16_tflops"] = 2 * n**3 / seconds / 1e12
 
 
 def usable_backends() -> tuple[str, ...]:
@@ -84,7 +404,7 @@ def _rel(x: torch.Tensor, ref: torch.Tensor) -> float:
     return ((x.double() - ref).norm() / ref.norm()).item()
 
 
-def section_attention_numerics() -> None:
+def section_attention_numerics(args: argparse.Namespace) -> dict:
     generator = torch.Generator().manual_seed(0)
     rows = []
     for causal in (True, False):
@@ -105,10 +425,10 @@ def section_attention_numerics() -> None:
                 for name, t, r in zip("qkv", (q, k, v), ref_in):
                     row[f"d{name}"] = _rel(t.grad, r.grad)
                 rows.append(row)
-    RESULTS["attention_numerics"] = rows
+    return {"rows": rows}
 
 
-def section_attention_speed() -> None:
+def section_attention_speed(args: argparse.Namespace) -> dict:
     generator = torch.Generator().manual_seed(1)
     rows = []
     for seq_len, mean_doc in ((8192, 1024), (8192, 8192)):
@@ -122,81 +442,10 @@ def section_attention_speed() -> None:
                 out.backward(grad)
 
             rows.append({"backend": backend, "seq_len": seq_len, "mean_doc": mean_doc, "ms": cuda_time(step) * 1e3})
-    RESULTS["attention_speed"] = rows
+    return {"rows": rows}
 
 
-def train_throughput(
-    backend: str,
-    compile: bool,
-    seq_len: int,
-    batch: int,
-    steps: int,
-    warmup: int,
-    preset: str = "1b",
-    accelerator: str = "cuda",
-    precision: str = "bf16-mixed",
-) -> dict:
-    """Tokens/s and MFU of ``llm/<preset>`` training under FSDP2 on one device (default: 1b, GPU, bf16-mixed)."""
-    import lightning.pytorch as pl
-    from lightning.pytorch.strategies import ModelParallelStrategy
-
-    from mm_lightning.data.synthetic import SyntheticTextDataModule
-    from mm_lightning.stages.text_pretrain import TextPretrainStage
-
-    class Timer(pl.Callback):
-        def __init__(self) -> None:
-            self.ends: list[float] = []
-            self.losses: list[float] = []
-
-        def on_train_batch_end(self, trainer, module, outputs, *args) -> None:
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            self.ends.append(time.perf_counter())
-            self.losses.append(float(outputs["loss"]))
-
-    model = TextPretrainStage(llm=preset, llm_overrides={"attn_backend": backend}, compile=compile)
-    data = SyntheticTextDataModule(vocab_size=model.llm.config.vocab_size, seq_len=seq_len, batch_size=batch,
-                                   num_rows=(steps + warmup) * batch, mean_doc_len=1024)  # fmt: skip
-    timer = Timer()
-    trainer = pl.Trainer(
-        accelerator=accelerator, devices=1, precision=precision, max_steps=steps + warmup,
-        strategy=ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=1),
-        callbacks=[timer], logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
-    )  # fmt: skip
-    start = time.perf_counter()
-    trainer.fit(model, datamodule=data)
-    ends = timer.ends[warmup - 1 :]
-    step_s = sorted(b - a for a, b in zip(ends, ends[1:]))
-    median = step_s[len(step_s) // 2]
-    tokens_per_s = seq_len * batch / median
-    flops = model.llm.flops_per_token(seq_len) * tokens_per_s
-    return {
-        "backend": backend, "compile": compile, "seq_len": seq_len, "batch": batch,
-        "params": model.llm.num_params(), "median_step_s": median, "tokens_per_s": tokens_per_s,
-        "model_tflops": flops / 1e12, "mfu": flops / 1e12 / RESULTS.get("matmul_bf16_tflops", float("nan")),
-        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if accelerator == "cuda" else float("nan"),
-        "wall_s": time.perf_counter() - start,
-        "first_loss": timer.losses[0], "last_loss": timer.losses[-1],
-    }  # fmt: skip
-
-
-def section_train(args: argparse.Namespace) -> None:
-    RESULTS["train"] = []
-    variants = [("sdpa", False), ("sdpa", True), ("xformers", False), ("xformers", True)]
-    for backend, compile in variants:
-        if backend == "xformers" and not xformers_available():
-            continue
-        torch.cuda.reset_peak_memory_stats()
-        try:
-            RESULTS["train"].append(train_throughput(backend, compile, args.seq_len, args.batch, args.steps, 3))
-        except Exception as err:  # keep the other variants
-            RESULTS["train"].append({"backend": backend, "compile": compile, "error": repr(err)[:300]})
-        torch.cuda.empty_cache()
-        _save(args)
-
-
-def section_vlm(device: str = "cuda", backends: tuple[str, ...] | None = None) -> None:
+def section_vlm_numerics(device: str = "cuda", backends: tuple[str, ...] | None = None) -> None:
     from mm_lightning.data.caption_rows import caption_rows
     from mm_lightning.generation.decode import generate
     from mm_lightning.models.vlm import build_vlm
@@ -233,7 +482,7 @@ def section_vlm(device: str = "cuda", backends: tuple[str, ...] | None = None) -
         cached = generate(vlm.llm, prompt, 24, greedy=True, use_cache=True)
         uncached = generate(vlm.llm, prompt, 24, greedy=True, use_cache=False)
         out["kv_cache_greedy_equal"] = bool(torch.equal(cached, uncached))
-    RESULTS["vlm"] = out
+    return out
 
 
 def _image_batch(patch_list, grids, captions) -> dict[str, torch.Tensor]:
@@ -248,60 +497,73 @@ def _image_batch(patch_list, grids, captions) -> dict[str, torch.Tensor]:
     return {**batch, "caption_ids": ids, "caption_mask": mask}
 
 
-def _save(args: argparse.Namespace) -> None:
-    if args.out:
-        args.out.write_text(json.dumps(RESULTS, indent=2))
+RUNNERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "matmul": section_matmul,
+    "llm": lambda args: section_llm(args, compile=False),
+    "llm-compiled": lambda args: section_llm(args, compile=True),
+    "vlm": lambda args: section_vlm(args, compile=False),
+    "vlm-compiled": lambda args: section_vlm(args, compile=True),
+    "long-128k": section_long,
+    "muon-vs-adamw": section_muon,
+    "attention-numerics": section_attention_numerics,
+    "attention-speed": section_attention_speed,
+    "vlm-numerics": lambda args: section_vlm_numerics(),
+}
 
 
-def report() -> None:
-    print(f"\n{RESULTS.get('device')}, torch {RESULTS.get('torch')}, xformers {RESULTS.get('xformers')}")
-    if "matmul_bf16_tflops" in RESULTS:
-        print(f"bf16 matmul 8192^3: {RESULTS['matmul_bf16_tflops']:.0f} TFLOP/s")
-    for row in RESULTS.get("attention_numerics", []):
-        errs = "  ".join(f"{k} {row[k]:.1e}" for k in ("out", "dq", "dk", "dv"))
-        print(f"attn {row['backend']:8s} {row['dtype']:8s} causal={row['causal']!s:5s}  rel err vs fp64: {errs}")
-    for row in RESULTS.get("attention_speed", []):
-        print(f"attn fwd+bwd bf16 T={row['seq_len']} docs~{row['mean_doc']}: {row['backend']:8s} {row['ms']:.2f} ms")
-    for row in RESULTS.get("train", []):
-        if "error" in row:
-            print(f"train llm/1b {row['backend']} compile={row['compile']}: ERROR {row['error']}")
-            continue
-        print(f"train llm/1b FSDP2 bf16 {row['backend']:8s} compile={row['compile']!s:5s} "
-              f"{row['batch']}x{row['seq_len']}: {row['tokens_per_s']:.0f} tok/s, {row['model_tflops']:.0f} TFLOP/s, "
-              f"MFU {row['mfu'] * 100:.1f}%, step {row['median_step_s'] * 1e3:.0f} ms, peak mem "
-              f"{row['peak_mem_gib']:.1f} GiB, loss {row['first_loss']:.2f}->{row['last_loss']:.2f}")  # fmt: skip
-    for key, value in RESULTS.get("vlm", {}).items():
-        print(f"vlm {key}: {value}")
-    for key, value in RESULTS.get("errors", {}).items():
-        print(f"section {key} FAILED: {value}")
+def add_mfu(results: dict[str, Any]) -> None:
+    """MFU of every section with ``model_tflops``, against the ``matmul`` section's peak (when it ran)."""
+    peak = results.get("matmul", {}).get("bf16_tflops")
+    for result in results.values():
+        if peak and "model_tflops" in result:
+            result["mfu"] = result["model_tflops"] / peak
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path)
-    parser.add_argument("--seq-len", type=int, default=4096)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=10, help="measured training steps per variant")
-    parser.add_argument("--sections", nargs="+", default=["matmul", "attention-numerics", "attention-speed",
-                                                          "vlm", "train"])  # fmt: skip
-    args = parser.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("gpu_check needs a CUDA GPU")
-    warnings.filterwarnings("ignore", message=".*(num_workers|does not have many workers).*")
-    RESULTS.update(device=torch.cuda.get_device_name(), torch=torch.__version__, xformers=_xformers_version())
-    sections = {
-        "matmul": section_matmul, "attention-numerics": section_attention_numerics,
-        "attention-speed": section_attention_speed, "vlm": section_vlm, "train": lambda: section_train(args),
-    }  # fmt: skip
-    for name in args.sections:
-        start = time.perf_counter()
-        try:
-            sections[name]()
-        except Exception:
-            RESULTS.setdefault("errors", {})[name] = traceback.format_exc(limit=3)[-600:]
-        print(f"[{name}] {time.perf_counter() - start:.1f} s", flush=True)
-        _save(args)
-    report()
+def report(run: dict[str, Any]) -> None:
+    results = run["sections"]
+    print(f"\n{run['device']}, torch {run['torch']}, xformers {run['xformers']}")
+    if "bf16_tflops" in results.get("matmul", {}):
+        print(f"bf16 matmul peak: {results['matmul']['bf16_tflops']:.0f} TFLOP/s")
+    for name, result in results.items():
+        if result["status"] != "ok":
+            print(f"{name}: {result['status'].upper()}: {result['error'][-300:]}")
+        elif name == "muon-vs-adamw":
+            steps = ", ".join(f"{opt} step {m['step'] * 1e3:.0f} ms (optimizer {m['optimizer'] * 1e3:.0f} ms)"
+                              for opt, m in result["medians_s"].items())  # fmt: skip
+            print(f"{name}: {steps}; Muon / AdamW step {result['muon_over_adamw_step']:.2f}")
+        elif "tokens_per_s" in result:
+            mfu = f"MFU {result['mfu'] * 100:.1f}%" if "mfu" in result else "MFU n/a"
+            print(f"{name}: {result['tokens_per_s']:,.0f} tok/s, {result['model_tflops']:.0f} TFLOP/s, {mfu}, step "
+                  f"{result['median_step_s'] * 1e3:.0f} ms, peak {result['peak_mem_gib']:.1f} GiB, loss "
+                  f"{result['first_loss']:.2f} -> {result['last_loss']:.2f}")  # fmt: skip
+        elif name != "matmul":
+            print(f"{name}: {json.dumps(result)[:400]}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.dry_run:
+        print_plan(args)
+        return
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("gpu_check needs a CUDA GPU (--dry-run lists the sections without one)")
+    if args.section:  # a child process: one section, its result into --part
+        args.part.write_text(json.dumps(RUNNERS[args.section](args)))
+        return
+    device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    run = {"device": device, "torch": torch.__version__, "xformers": _xformers_version(), "budget_s": args.budget}
+    child_argv = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--dry-run"]
+
+    def save(results: dict[str, Any]) -> None:  # after every section
+        run["sections"] = results
+        add_mfu(results)
+        if args.out:
+            args.out.write_text(json.dumps(run, indent=2, default=str))
+
+    results = run_sections(plan(args), lambda name, timeout: run_in_subprocess(name, timeout, child_argv), args.budget,
+                           save)  # fmt: skip
+    save(results)
+    report(run)
 
 
 def _xformers_version() -> str:
