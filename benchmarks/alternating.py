@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
+from bench_common import machine_info
 
 
 def measure_alternately(sides: dict[str, Callable[[int], object]], warmup: int, rounds: int) -> dict[str, list[float]]:
@@ -46,10 +46,7 @@ def summarise(times: dict[str, list[float]], baseline: str, subject: str, items_
     medians = {name: statistics.median(values) for name, values in times.items()}
     paired = statistics.median(b / s for b, s in zip(times[baseline], times[subject]))
     return {
-        "date": time.strftime("%Y-%m-%d"),
-        "torch": torch.__version__,
-        "cpu": cpu_name(),
-        "threads": torch.get_num_threads(),
+        **machine_info(),
         "rounds": len(times[subject]),
         "median_step_s": medians,
         "per_s": {name: items_per_step / median for name, median in medians.items()},
@@ -61,7 +58,7 @@ def summarise(times: dict[str, list[float]], baseline: str, subject: str, items_
 
 def report(result: dict[str, Any], header: str, label: str, unit: str, out: Path | None) -> None:
     """Print ``header``, a row per side (median, min and max step, ``unit``/s) and the ratio; JSON to ``out``."""
-    print(f"\n{header}, torch {result['torch']}, {result['threads']} threads")
+    print(f"\n{header}, torch {result['torch']}, {result['torch_threads']} threads")
     print(f"{label:<10} {'median step (s)':>16} {'min (s)':>9} {'max (s)':>9} {unit + '/s':>9}")
     for name, median in result["median_step_s"].items():
         steps = result["step_times_s"][name]
@@ -71,10 +68,3 @@ def report(result: dict[str, Any], header: str, label: str, unit: str, out: Path
           f"(median per-round ratio); > 1: {ratio['of'].split(' / ')[1]} is faster")  # fmt: skip
     if out:
         out.write_text(json.dumps(result, indent=2))
-
-
-def cpu_name() -> str:
-    """The CPU's model name from ``/proc/cpuinfo`` (empty where there is none)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
