@@ -38,7 +38,7 @@ from torch import Tensor
 from mm_lightning.ops.packing import seqlens_from_seq_ids
 
 STEPS_PER_OCTAVE = 4
-"""Buckets per doubling of length: a document pads to at most ``2**(1/4)`` (~19%) of its length."""
+"""Buckets per doubling of length: a document pads to under ``2**(1/4)`` times its length (19% more slots)."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,7 @@ class SegmentPlan:
     inverse: Tensor | None
     """``[B * T]`` slot of each token in the concatenated bucket outputs (None when reshaped)."""
     causal: bool
+    """Whether a token sees only the earlier tokens of its document."""
 
 
 _cache: tuple[weakref.ref, bool, SegmentPlan | None] | None = None
