@@ -9,15 +9,17 @@ ViT back:
 - ``--group 8``: the scenes of a batch share their background in groups of 8 (hard negatives: colour alone cannot
   tell them apart).
 
-``--supervised`` instead trains a 64-way classifier on the ViT's pooled features (``--pool mean|max``; one 42-px
-emoji at a random place of a 126-px canvas, cross-entropy) and prints its accuracy on the probe images: an upper bound
-on how fast this ViT learns the identities at all. ``--geometry cells`` puts the emoji on the 14-px grid the demo
-scenes use (``SceneConfig.cell``), ``free`` anywhere, its side varied by 20%.
+``--image-pool max --text-pool mean`` switch the CoCa heads' contrastive readouts (``CoCaConfig``), as the demo's ViT
+stage does. ``--supervised`` instead trains a 64-way classifier on the ViT's pooled features (``--pool mean|max``; one
+42-px emoji at a random place of a 126-px canvas, cross-entropy) and prints its accuracy on the probe images: an upper
+bound on how fast this ViT learns the identities at all. ``--geometry cells`` puts the emoji on the 14-px grid the
+demo scenes use (``SceneConfig.cell``), ``free`` anywhere, its side varied by 20%.
 
 Usage::
 
     python benchmarks/vit_identity_budget.py --steps 800 --every 100 --single 0.5 --group 8
     python benchmarks/vit_identity_budget.py --supervised --steps 150 --lr 3e-3 --pool max --geometry cells
+    python benchmarks/vit_identity_budget.py --steps 360 --every 120 --image-pool max --text-pool mean
 """
 
 from __future__ import annotations
@@ -84,6 +86,10 @@ def main() -> None:
     parser.add_argument("--supervised", action="store_true", help="a 64-way classifier instead of the CoCa loss")
     parser.add_argument("--pool", choices=("mean", "max"), default="mean", help="pooling of the classifier")
     parser.add_argument("--geometry", choices=("cells", "free"), default="cells", help="the classifier's emoji")
+    parser.add_argument("--image-pool", choices=("attentional", "max"), default="attentional",
+                        help="the CoCa heads' contrastive image readout")  # fmt: skip
+    parser.add_argument("--text-pool", choices=("last", "mean"), default="last",
+                        help="the CoCa heads' contrastive text readout")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -93,7 +99,8 @@ def main() -> None:
     tokenizer = tokenizer_lib.load_tokenizer(demo_tokenizer("demo:emoji-scenes"))
     vit = build_backbone("vit", "tiny")
     head = (torch.nn.Linear(vit.config.d_model, len(vocab)) if args.supervised
-            else build_backbone("coca", "tiny", vision_dim=vit.config.d_model))  # fmt: skip
+            else build_backbone("coca", "tiny", vision_dim=vit.config.d_model, image_pool=args.image_pool,
+                                text_pool=args.text_pool))  # fmt: skip
     parameters = [*vit.parameters(), *head.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=0.05)
     warmup, decay = max(1, args.steps // 6), args.steps // 4
