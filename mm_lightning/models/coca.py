@@ -11,7 +11,8 @@ plus captioning through a tiny text decoder. This module holds everything except
   ``n_image_queries`` are the image tokens the decoder reads. ``image_pool: max`` takes the contrastive
   embedding from the channel-wise maximum of the image's normalised patch features instead;
 - a **multimodal text decoder**: blocks with causal self-attention and cross-attention to the pooled image
-  tokens, continuing from the unimodal encoder's hidden states (as in the paper), then next-token logits;
+  tokens, continuing from the unimodal encoder's hidden states (as in the paper), then next-token logits, or
+  in training their loss straight from the decoder's states, so that the logits never exist whole;
 - the learnable **logit scale and bias** (SigLIP init: ``exp(scale) = 10``, bias ``-10``). They live here,
   not in the loss, so that they are sharded and gradient-synchronised with the model under FSDP2 and
   saved with the backbone; the forward returns them and the losses take them as inputs. Each is a
@@ -49,6 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mm_lightning.errors import ConfigError
+from mm_lightning.models.llm import HeadLoss
 from mm_lightning.models.registry import register_backbone, register_preset
 from mm_lightning.ops.attention import attention
 
@@ -299,30 +301,45 @@ class CoCaHeads(nn.Module):
         nn.init.constant_(self.logit_bias, cfg.logit_bias_init)
 
     def forward(
-        self, image_features: Tensor, image_seq_ids: Tensor, caption_ids: Tensor, caption_mask: Tensor
-    ) -> dict[str, Tensor]:
-        """Contrastive embeddings of images and captions, and caption logits conditioned on the image.
+        self,
+        image_features: Tensor,
+        image_seq_ids: Tensor,
+        caption_ids: Tensor,
+        caption_mask: Tensor,
+        caption_loss: HeadLoss | None = None,
+    ) -> dict[str, Any]:
+        """Contrastive embeddings of images and captions, and caption logits (or their loss) given the image.
 
         Args:
             image_features: ``[1, N, vision_dim]`` packed ViT patch features of ``B`` images.
             image_seq_ids: ``[1, N]`` image index (0..B-1) of every patch; other ids mark padding.
             caption_ids: ``[B, L]`` caption tokens ending with EOD, right-padded; caption ``i`` describes image ``i``.
             caption_mask: ``[B, L]`` 1/True on real tokens (EOD included), 0/False on padding.
+            caption_loss: called as ``caption_loss(states [B, L, d_model], lm_head.weight [V, d_model])`` with the
+                decoder's normalised states instead of the output layer, e.g. a chunked caption loss
+                (``CoCaLoss.caption_head_loss``) that never builds the logits whole. Inside ``forward``, so that
+                under FSDP2 the head is gathered (as ``LLM.forward``'s ``head_loss``).
 
         Returns:
             ``image_embed`` ``[B, E]`` and ``text_embed`` ``[B, E]`` (L2-normalised); ``caption_logits``
-            ``[B, L, V]`` (position ``t`` predicts token ``t + 1``); ``logit_scale`` (``exp`` of the
-            learnable log-scale, capped at 100) and ``logit_bias``, both ``[1]`` (they broadcast like scalars).
+            ``[B, L, V]`` (position ``t`` predicts token ``t + 1``), or with ``caption_loss`` what it returns as
+            ``caption_loss``; ``logit_scale`` (``exp`` of the learnable log-scale, capped at 100) and
+            ``logit_bias``, both ``[1]`` (they broadcast like scalars).
         """
         n_images, seq_len = caption_ids.shape
         if seq_len > self.config.max_text_len:
             raise ValueError(f"Captions of {seq_len} tokens exceed max_text_len={self.config.max_text_len}")
         image_tokens, image_embed = self.encode_image(image_features, image_seq_ids, n_images)  # [B, Q, d], [B, E]
         text_states, text_embed = self.encode_text(caption_ids, caption_mask)  # [B, L, d], [B, E]
+        states = self.decode_states(text_states, image_tokens)  # [B, L, d]
+        if caption_loss is None:
+            caption = {"caption_logits": self.lm_head(states)}  # [B, L, V]
+        else:
+            caption = {"caption_loss": caption_loss(states, self.lm_head.weight)}
         return {
             "image_embed": image_embed,
             "text_embed": text_embed,
-            "caption_logits": self.decode(text_states, image_tokens),  # [B, L, V]
+            **caption,
             "logit_scale": self.logit_scale.exp().clamp(max=100.0),
             "logit_bias": self.logit_bias,
         }
@@ -351,12 +368,13 @@ class CoCaHeads(nn.Module):
             read = x[torch.arange(x.shape[0], device=x.device), last_token_index(caption_mask)]  # [B, d]
         return x, F.normalize(self.text_proj(self.text_norm(read)), dim=-1)
 
-    def decode(self, text_states: Tensor, image_tokens: Tensor) -> Tensor:
-        """Multimodal blocks over the unimodal states, reading ``image_tokens`` ``[B, Q, d]``: logits ``[B, L, V]``."""
+    def decode_states(self, text_states: Tensor, image_tokens: Tensor) -> Tensor:
+        """Multimodal blocks over the unimodal states, reading ``image_tokens`` ``[B, Q, d]``: the normalised hidden
+        states ``[B, L, d]`` that the output layer ``lm_head`` reads."""
         x = text_states
         for block in self.blocks[self.config.n_unimodal_layers :]:
             x = block(x, image_tokens)
-        return self.lm_head(self.decoder_norm(x))
+        return self.decoder_norm(x)
 
 
 @register_preset("coca", "tiny")

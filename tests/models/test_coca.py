@@ -156,6 +156,48 @@ def test_coca_loss_terms_and_gradients_reach_scale_and_bias():
         assert grad is not None and grad.abs().sum() > 0, name
 
 
+def _loss_and_grads(heads: CoCaHeads, loss: CoCaLoss, batch: dict, chunked: bool, mask: torch.Tensor | None) -> tuple:
+    heads.zero_grad()
+    ids = batch["caption_ids"]
+    caption_loss = loss.caption_head_loss(ids, mask) if chunked else None
+    out = heads(**batch, caption_loss=caption_loss)
+    assert ("caption_logits" in out) is not chunked and ("caption_loss" in out) is chunked
+    terms = loss(out, ids, mask)
+    terms["loss"].backward()
+    return terms, {name: param.grad.clone() for name, param in heads.named_parameters()}
+
+
+@pytest.mark.parametrize("chunk_size", [0, 4, 1024])
+@pytest.mark.parametrize("masked", [True, False])
+def test_chunked_caption_loss_equals_the_logits_path(chunk_size, masked):
+    """From the decoder's states and the head weight, chunked or not, the caption loss and the gradients of every CoCa
+    parameter equal the whole logits'; padded captions (6 and 3 of 8 tokens) skip the same positions."""
+    heads, batch = _micro_heads().train(), _batch()
+    loss = CoCaLoss(contrastive="sigmoid", caption_weight=2.0, caption_chunk_size=chunk_size)
+    mask = batch["caption_mask"] if masked else None  # None: every token but the pad id counts
+    whole, whole_grads = _loss_and_grads(heads, loss, batch, chunked=False, mask=mask)
+    chunked, chunked_grads = _loss_and_grads(heads, loss, batch, chunked=True, mask=mask)
+    for term in ("contrastive", "caption", "loss"):
+        torch.testing.assert_close(chunked[term], whole[term], msg=term)
+    assert whole_grads.keys() == chunked_grads.keys() and len(whole_grads) == len(list(heads.parameters()))
+    for name, grad in whole_grads.items():
+        torch.testing.assert_close(chunked_grads[name], grad, msg=name)
+
+
+def test_chunked_caption_loss_counts_only_real_next_tokens():
+    """Garbage in the captions' padding, or in the states from each caption's EOD on, changes nothing: those
+    positions have no next token to predict and never reach the head."""
+    states, weight = torch.randn(3, 8, 32, requires_grad=True), torch.randn(64, 32)
+    batch, loss = _batch(), CaptionLoss(chunk_size=5)
+    terms = loss.from_hidden(states, weight, batch["caption_ids"], batch["caption_mask"])
+    terms["caption"].backward()
+    noisy, garbage = states.detach().clone(), batch["caption_ids"].masked_fill(~batch["caption_mask"], 7)
+    for row, eod in enumerate((5, 2, 7)):  # captions of 6, 3 and 8 tokens
+        noisy[row, eod:] = 1e3
+        assert states.grad[row, eod:].abs().sum() == 0 and states.grad[row, :eod].abs().sum() > 0
+    torch.testing.assert_close(loss.from_hidden(noisy, weight, garbage, batch["caption_mask"]), terms)
+
+
 def test_a_state_dict_with_0d_scale_and_bias_still_loads(tmp_path):
     """Checkpoints written before FSDP2 support stored the logit scale and bias 0-d; they load as ``[1]``."""
     old = _micro_heads().state_dict()
