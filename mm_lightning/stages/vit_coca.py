@@ -18,6 +18,7 @@ from mm_lightning.eval.predictions import embedding_records
 from mm_lightning.eval.retrieval import retrieval_recall
 from mm_lightning.losses import CoCaLoss
 from mm_lightning.models.flops import dense_flops_per_token, vit_flops
+from mm_lightning.models.llm import HeadLoss
 from mm_lightning.models.registry import build_backbone
 from mm_lightning.optim import OptimizerConfig
 from mm_lightning.schedules import LRSchedule
@@ -86,12 +87,19 @@ class ViTCoCaStage(StageModule):
                     if key != "step" and isinstance(value, torch.Tensor) and value.dim() == 0:
                         moments[key] = value.reshape(1)
 
-    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict[str, Any], caption_loss: HeadLoss | None = None) -> dict[str, Any]:
+        """``CoCaHeads``' outputs over the ViT's packed patch features (see its ``caption_loss``)."""
         features = self.vit(batch["patches"], batch["grid_hw"], batch["seq_ids"])  # [1, N, D]
-        return self.coca(features, batch["seq_ids"], batch["caption_ids"], batch["caption_mask"])
+        return self.coca(features, batch["seq_ids"], batch["caption_ids"], batch["caption_mask"], caption_loss)
+
+    def coca_loss(self, batch: dict[str, Any]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """The heads' outputs and the loss terms of a batch, the caption term chunked from the decoder's states."""
+        caption_ids, caption_mask = batch["caption_ids"], batch["caption_mask"]
+        outputs = self(batch, self.loss.caption_head_loss(caption_ids, caption_mask))
+        return outputs, self.loss(outputs, caption_ids, caption_mask)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        losses = self.loss(self(batch), batch["caption_ids"], batch["caption_mask"])
+        losses = self.coca_loss(batch)[1]
         # the ViT over each image's patches; the CoCa heads over every caption position (their attention left out)
         heads = batch["caption_ids"].numel() * dense_flops_per_token(self.coca)
         self.flops_per_batch = vit_flops(self.vit, batch["grid_hw"]) + heads
@@ -100,8 +108,7 @@ class ViTCoCaStage(StageModule):
         return losses["loss"]
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        outputs = self(batch)
-        losses = self.loss(outputs, batch["caption_ids"], batch["caption_mask"])
+        outputs, losses = self.coca_loss(batch)
         self.val_caption.update(losses["caption"], weight=batch["caption_ids"].shape[0])
         self._val_outputs.append((outputs["image_embed"].cpu(), outputs["text_embed"].cpu(), list(batch["captions"])))
 

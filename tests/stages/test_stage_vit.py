@@ -5,7 +5,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from helpers.colour_task import COCA, VIT, ColourData
+from helpers.colour_task import COCA, VIT, ColourData, ColourPairs, collate
 
 from mm_lightning.eval.retrieval import retrieval_recall
 from mm_lightning.schedules import LRSchedule
@@ -37,6 +37,35 @@ def test_vit_coca_stage_learns_to_retrieve_colours(tmp_path):
     assert metrics["val/t2i_r@1"] >= 0.5
     assert metrics["val/caption"] < 1.0  # ln(32) = 3.5 at start
     assert torch.isfinite(metrics["train/loss"])
+
+
+def _padded_colour_batch() -> dict:
+    """Eight colour pairs; captions 1 and 5 lose their colour token (EOD, EOD, pad), so the colour position skips."""
+    batch = collate([ColourPairs(8, seed=2)[i] for i in range(8)])
+    for row in (1, 5):
+        batch["caption_ids"][row] = torch.tensor([0, 0, 1])
+        batch["caption_mask"][row, 2] = False
+    return batch
+
+
+def test_vit_coca_stage_trains_and_validates_on_the_chunked_caption_loss(one_thread):
+    """``coca_loss`` (the caption term chunked from the decoder's states) equals the loss of the whole logits, its
+    gradients too, and ``val/caption`` keeps the logits path's value."""
+    torch.manual_seed(0)
+    stage, batch = ViTCoCaStage(vit_overrides=VIT, coca_overrides=COCA, global_negatives=False), _padded_colour_batch()
+    whole = stage.loss(stage(batch), batch["caption_ids"], batch["caption_mask"])
+    whole["loss"].backward()
+    whole_grads = {name: param.grad.clone() for name, param in stage.named_parameters()}
+    stage.zero_grad()
+    outputs, chunked = stage.coca_loss(batch)
+    assert "caption_logits" not in outputs
+    chunked["loss"].backward()
+    torch.testing.assert_close(chunked, whole)
+    for name, param in stage.named_parameters():
+        torch.testing.assert_close(param.grad, whole_grads[name], msg=name)
+    with torch.no_grad():
+        stage.validation_step(batch, 0)
+    torch.testing.assert_close(stage.val_caption.compute(), whole["caption"].detach())
 
 
 def test_vit_coca_stage_runs_on_the_emoji_demo(tmp_path, demo_emoji, demo_sotu):
