@@ -10,13 +10,18 @@ stage's first global step is kept in :meth:`MixtureDataModule.state_dict`), so a
 batches an uninterrupted one yields from there.
 
 The number of rows ``R`` of a batch is what first-fit packing needs and varies from batch to batch, unless
-``rows_per_batch`` fixes it (then a batch that does not fit raises). ``test`` and ``predict`` read the validation
-loaders (the sources' ``val`` splits, ``val_batches`` per rank on every rank).
+``rows_per_batch`` fixes it (then a batch that does not fit raises). In training, the room the samples leave at the
+end of a row is filled with pieces of the training text sources (``fill_gaps``,
+:mod:`~mm_lightning.data.mixture.filler`: a pure function of the seed and the global batch, so resume, workers and
+ranks are as above); filler is not a sample, and the share schedule counts samples only. Validation batches are
+packed as they were, without filler. ``test`` and ``predict`` read the validation loaders (the sources' ``val``
+splits, ``val_batches`` per rank on every rank).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict
+from functools import partial
 from typing import Any
 
 import lightning as L
@@ -24,6 +29,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from mm_lightning.data.mixture.filler import GapFiller
 from mm_lightning.data.mixture.packing import pack_samples
 from mm_lightning.data.mixture.plan import MixturePlan, MixtureSource, ShareSchedule, constant_share
 from mm_lightning.data.mixture.sources import SourceContext, SourceSpec, build_source, source_kind
@@ -44,19 +50,26 @@ class MixtureBatches(IterableDataset):
         rank: this rank; ``world_size``: the number of ranks.
         first_batch: the first batch index (per rank) to yield.
         stop_batch: the batch index to stop before; ``None``: never stop.
+        filler: text pieces for the rows' gaps (keyed by the global batch index); ``None``: gaps stay padding.
     """
 
     def __init__(self, plan: MixturePlan, sources: list[MixtureSource], samples_per_batch: int, seq_len: int,
                  merge_factor: int, rows_per_batch: int | None, rank: int, world_size: int, first_batch: int = 0,
-                 stop_batch: int | None = None) -> None:  # fmt: skip
+                 stop_batch: int | None = None, filler: GapFiller | None = None) -> None:  # fmt: skip
         super().__init__()
         self.plan, self.sources, self.samples_per_batch = plan, sources, samples_per_batch
         self.seq_len, self.merge_factor, self.rows_per_batch = seq_len, merge_factor, rows_per_batch
         self.rank, self.world_size, self.first_batch, self.stop_batch = rank, world_size, first_batch, stop_batch
+        self.filler = filler
+
+    def global_batch(self, batch: int) -> int:
+        """The index of batch ``batch`` of this rank among all ranks' batches (its samples are the plan's
+        ``[g * samples_per_batch, (g + 1) * samples_per_batch)``)."""
+        return batch * self.world_size + self.rank
 
     def sample_indices(self, batch: int) -> range:
         """The global sample indices of batch ``batch`` of this rank."""
-        base = (batch * self.world_size + self.rank) * self.samples_per_batch
+        base = self.global_batch(batch) * self.samples_per_batch
         return range(base, base + self.samples_per_batch)
 
     def batch(self, batch: int) -> dict[str, Any]:
@@ -65,7 +78,8 @@ class MixtureBatches(IterableDataset):
         picks = [self.plan.pick(i) for i in self.sample_indices(batch)]
         samples = [self.sources[p.source].sample(p.k) for p in picks]
         labels = [f"sample {p.index} (item {p.k} of source {self.plan.names[p.source]!r})" for p in picks]
-        packed = pack_samples(samples, self.seq_len, self.merge_factor, self.rows_per_batch, labels)
+        filler = None if self.filler is None else partial(self.filler.piece, self.global_batch(batch))
+        packed = pack_samples(samples, self.seq_len, self.merge_factor, self.rows_per_batch, labels, filler)
         packed["sample_index"] = torch.tensor([p.index for p in picks], dtype=torch.long)
         packed["sample_multimodal"] = torch.tensor([p.multimodal for p in picks], dtype=torch.bool)
         packed["sample_source"] = torch.tensor([p.source for p in picks], dtype=torch.long)
@@ -108,6 +122,9 @@ class MixtureDataModule(L.LightningDataModule):
         train_batches: batches per rank in the stage (the loader's length); ``None``: endless (use ``max_steps`` and
             an integer ``val_check_interval``).
         cache_dir: where litdata caches chunks of remote sources.
+        fill_gaps: fill the room the samples leave at the end of each training row with pieces of the training text
+            sources (weighted as the sources; :mod:`~mm_lightning.data.mixture.filler`); off, or without a text
+            source, that room is padding. Validation is never filled.
     """
 
     def __init__(
@@ -127,6 +144,7 @@ class MixtureDataModule(L.LightningDataModule):
         start_step: int | None = None,
         train_batches: int | None = None,
         cache_dir: str | None = None,
+        fill_gaps: bool = True,
     ) -> None:
         super().__init__()
         self.specs = _parse_specs(sources, "sources")
@@ -138,7 +156,7 @@ class MixtureDataModule(L.LightningDataModule):
         self.seq_len, self.samples_per_batch, self.patch_size = seq_len, samples_per_batch, patch_size
         self.max_patches, self.merge_factor, self.seed, self.num_workers = max_patches, merge_factor, seed, num_workers
         self.val_batches, self.rows_per_batch, self.start_step = val_batches, rows_per_batch, start_step
-        self.train_batches, self.cache_dir = train_batches, cache_dir
+        self.train_batches, self.cache_dir, self.fill_gaps = train_batches, cache_dir, fill_gaps
         self.stage_start_step: int | None = None
         self.share = self._check_share(share)
         self._sources: dict[tuple[str, int], list[MixtureSource]] = {}
@@ -249,10 +267,20 @@ class MixtureDataModule(L.LightningDataModule):
     def batches(self, split: str, first_batch: int, stop_batch: int | None) -> MixtureBatches:
         """The batch stream of this rank over ``[first_batch, stop_batch)``."""
         rank, world_size = self._rank_and_world()
+        filler = self.gap_filler() if split == "train" else None
         return MixtureBatches(
             self.plan(split), self.sources(split), self.samples_per_batch, self.seq_len, self.merge_factor,
-            self.rows_per_batch, rank, world_size, first_batch, stop_batch,
+            self.rows_per_batch, rank, world_size, first_batch, stop_batch, filler,
         )  # fmt: skip
+
+    def gap_filler(self) -> GapFiller | None:
+        """The training text sources as gap filler (``None`` with ``fill_gaps`` off or no text source)."""
+        pairs = zip(self.sources("train"), self.specs)
+        text = [(source, spec.weight) for source, spec in pairs if not source.multimodal]
+        if not self.fill_gaps or not text:
+            return None
+        max_rows = max(self.samples_per_batch, self.rows_per_batch or 0)
+        return GapFiller(tuple(s for s, _ in text), tuple(w for _, w in text), self.seed, max_rows)
 
     def _loader(self, batches: MixtureBatches) -> DataLoader:
         return DataLoader(batches, batch_size=None, num_workers=self.num_workers,
