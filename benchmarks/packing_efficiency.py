@@ -15,10 +15,12 @@ counts, per kind of sequence:
 * ``mixed rows`` (the joint stages, ``MixtureDataModule``): LLM positions. An item is one mixture sample (a text
   block, an image with its caption, a document, ...), as packed by ``pack_samples``.
 
-``packed`` = non-padding positions / positions of the batch as built; ``padded`` = the same non-padding positions /
-(items x the batch's longest item), the layout of a loader that pads each item to the longest in its batch;
-``fewest rows`` (rows only) = the same positions / (``ceil(used / L)`` rows of ``L``), the best any packing that keeps
-every item whole can do with the batch's samples (what is left is the last row's gap, not the packer's choices).
+``packed`` = non-padding positions / positions of the batch as built (for mixed rows: the samples' positions plus the
+gap filler's, the training text pieces that fill each row's end, :mod:`mm_lightning.data.mixture.filler`); ``padded`` =
+the items' positions / (items x the batch's longest item), the layout of a loader that pads each item to the longest
+in its batch; ``fewest rows`` (rows only) = the items' positions / (``ceil(used / L)`` rows of ``L``), the best any
+packing that keeps every item whole and adds nothing can do with the batch's samples (the last row's gap, which the
+filler closes). ``filler`` = filler positions / non-padding positions.
 Target (issue 16): the demo mixture (``mixed rows`` over the joint stages) at least 95% non-padding.
 
 Usage::
@@ -57,13 +59,14 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def efficiency(lengths: list[int], positions: int, row: int | None = None) -> tuple[int, int, int, int]:
-    """``(used, packed, padded, fewest)`` positions of one batch's items: ``positions`` as built, the items padded
-    to the longest, and the fewest rows of ``row`` positions any packing that keeps items whole needs
-    (``ceil(used / row)``; ``positions`` without rows)."""
+def efficiency(lengths: list[int], positions: int, row: int | None = None,
+               filler: int = 0) -> tuple[int, int, int, int, int]:  # fmt: skip
+    """``(used, packed, padded, fewest, filler)`` positions of one batch's items: ``positions`` as built, the items
+    padded to the longest, the fewest rows of ``row`` positions any packing that keeps items whole needs
+    (``ceil(used / row)``; ``positions`` without rows), and the gap filler's positions (not items)."""
     used = sum(lengths)
     fewest = positions if row is None else -(-used // row) * row
-    return used, positions, len(lengths) * max(lengths, default=0), fewest
+    return used, positions, len(lengths) * max(lengths, default=0), fewest, filler
 
 
 def document_lengths(seq_ids: torch.Tensor, keep: torch.Tensor) -> list[int]:
@@ -90,8 +93,9 @@ def measure_batch(batch: dict[str, Any], kind: str, merge_factor: int) -> dict[s
         counts["text rows"] = efficiency(document_lengths(batch["seq_ids"], keep), batch["input_ids"].numel(),
                                          batch["input_ids"].shape[1])  # fmt: skip
     elif kind == "mixture":
+        filler = int(batch["filler_tokens"].sum()) if batch.get("filler_tokens") is not None else 0
         counts["mixed rows"] = efficiency(batch["sample_tokens"].tolist(), batch["input_ids"].numel(),
-                                          batch["input_ids"].shape[1])  # fmt: skip
+                                          batch["input_ids"].shape[1], filler)  # fmt: skip
     else:  # image-text: stage 2a's padded captions, stage 2b's caption rows
         captions = batch["caption_mask"].sum(1).tolist()
         counts["captions"] = efficiency(captions, batch["caption_mask"].numel())
@@ -129,7 +133,7 @@ def measure_stage(name: str, config: dict, count: int) -> dict[str, dict[str, fl
         skip = "captions"
     else:
         skip = None
-    sums: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    sums: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
     for batch in stage_batches(data, count, config["trainer"]["max_steps"]):
         for seq_kind, values in measure_batch(batch, kind, merge_factor).items():
             if seq_kind != skip:
@@ -137,10 +141,11 @@ def measure_stage(name: str, config: dict, count: int) -> dict[str, dict[str, fl
     return {seq_kind: summarise(*values) for seq_kind, values in sums.items()}
 
 
-def summarise(used: int, packed: int, padded: int, fewest: int) -> dict[str, float]:
+def summarise(used: int, packed: int, padded: int, fewest: int, filler: int = 0) -> dict[str, float]:
     return {"used_positions": used, "packed_positions": packed, "padded_positions": padded,
-            "fewest_rows_positions": fewest, "packed_share": used / packed, "padded_share": used / padded,
-            "fewest_rows_share": used / fewest}  # fmt: skip
+            "fewest_rows_positions": fewest, "filler_positions": filler, "packed_share": (used + filler) / packed,
+            "padded_share": used / padded, "fewest_rows_share": used / fewest,
+            "filler_share": filler / max(1, used + filler)}  # fmt: skip
 
 
 def mixture_total(results: dict[str, dict]) -> dict[str, Any] | None:
@@ -148,7 +153,7 @@ def mixture_total(results: dict[str, dict]) -> dict[str, Any] | None:
     parts = [kinds[k] for kinds in results.values() for k in MIXTURE_KINDS if k in kinds]
     if not parts:
         return None
-    keys = ("used_positions", "packed_positions", "padded_positions", "fewest_rows_positions")
+    keys = ("used_positions", "packed_positions", "padded_positions", "fewest_rows_positions", "filler_positions")
     total = summarise(*(sum(p[key] for p in parts) for key in keys))
     stages = [s for s, kinds in results.items() if any(k in kinds for k in MIXTURE_KINDS)]
     return total | {"target": TARGET, "holds": total["packed_share"] >= TARGET, "stages": stages}
@@ -160,10 +165,12 @@ def main() -> None:
     names = args.stages or list(stages)
     results = {name: measure_stage(name, stages[name], args.batches) for name in names}
     mixture = mixture_total(results)
-    rows = [(stage, kind, f"{r['used_positions']:,}", *(f"{r[f'{k}_share']:.1%}" for k in ("packed", "padded",
-             "fewest_rows"))) for stage, kinds in results.items() for kind, r in kinds.items()]  # fmt: skip
+    rows = [(stage, kind, f"{r['used_positions'] + r['filler_positions']:,}", *(f"{r[f'{k}_share']:.1%}" for k in
+             ("packed", "padded", "fewest_rows", "filler"))) for stage, kinds in results.items()
+            for kind, r in kinds.items()]  # fmt: skip
     print(f"\npacking efficiency of the demo pipeline's data, {args.batches} training batches per stage")
-    print_table(["stage", "sequences", "non-padding positions", "packed", "padded to longest", "fewest rows"], rows)
+    print_table(["stage", "sequences", "non-padding positions", "packed", "padded to longest", "fewest rows", "filler"],
+                rows)  # fmt: skip
     if mixture:
         print(f"demo mixture ({' + '.join(mixture['stages'])}, mixed rows): {mixture['packed_share']:.1%} non-padding "
               f"packed, {mixture['padded_share']:.1%} padded to the longest; target >= {TARGET:.0%}: "

@@ -24,8 +24,10 @@ from mm_lightning.data.mixture_datamodule import MixtureDataModule  # noqa: E402
 
 def test_efficiency_counts_packed_padded_and_fewest_rows() -> None:
     # items of 3, 5 and 8 positions in 2 rows of 10: 16 used of 20; padded to the longest: 3 x 8 = 24
-    assert packing_efficiency.efficiency([3, 5, 8], positions=20, row=10) == (16, 20, 24, 20)
-    assert packing_efficiency.efficiency([4, 4], positions=8) == (8, 8, 8, 8)  # no rows: the fewest is as built
+    assert packing_efficiency.efficiency([3, 5, 8], positions=20, row=10) == (16, 20, 24, 20, 0)
+    assert packing_efficiency.efficiency([4, 4], positions=8) == (8, 8, 8, 8, 0)  # no rows: the fewest is as built
+    # the gap filler's 4 positions count as non-padding, not as items of the padded layout
+    assert packing_efficiency.efficiency([3, 5, 8], positions=20, row=10, filler=4) == (16, 20, 24, 20, 4)
 
 
 def test_document_lengths_reads_runs_of_seq_ids_row_by_row() -> None:
@@ -37,6 +39,8 @@ def test_document_lengths_reads_runs_of_seq_ids_row_by_row() -> None:
 def test_summary_shares() -> None:
     summary = packing_efficiency.summarise(90, 100, 180, 90)
     assert (summary["packed_share"], summary["padded_share"], summary["fewest_rows_share"]) == (0.9, 0.5, 1.0)
+    filled = packing_efficiency.summarise(90, 100, 180, 90, filler=10)
+    assert (filled["packed_share"], filled["padded_share"], filled["filler_share"]) == (1.0, 0.5, 0.1)
 
 
 def test_merge_overlays_mappings_key_by_key() -> None:
@@ -92,7 +96,8 @@ def test_vlm_vs_llm_throughput_smoke(mm_cache: Path, demo_emoji, tmp_path: Path)
 def test_packing_efficiency_smoke(mm_cache: Path, demo_emoji, tmp_path: Path) -> None:
     report = run_script("packing_efficiency", "--stages", "joint", "--batches", "2", cache=mm_cache, tmp_path=tmp_path)
     rows = report["stages"]["joint"]["mixed rows"]
-    assert rows["padded_share"] <= rows["packed_share"] <= rows["fewest_rows_share"] <= 1
+    assert rows["padded_share"] <= rows["fewest_rows_share"] <= 1  # the samples alone
+    assert rows["padded_share"] <= rows["packed_share"] <= 1 and rows["filler_positions"] > 0  # with the gap filler
     assert report["demo_mixture"]["stages"] == ["joint"]
 
 
