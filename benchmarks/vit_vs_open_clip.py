@@ -5,9 +5,10 @@ Shape (issue 16): 64 images of 64x64 pixels, patch 8 (64 patches each), width 19
 vocab 8192, captions of 48 tokens, batch 64, fp32. One step is forward, loss, backward, ``AdamW.step()`` and
 ``zero_grad()``.
 
-* ours: the modules ``ViTCoCaStage`` builds (``vit`` + ``coca`` backbones, ``CoCaLoss``), its ``forward`` and
-  loss as its ``training_step`` calls them, ``build_optimizer`` as its ``configure_optimizers`` does. The 64
-  images arrive packed into one sequence of 4,096 patches (NaViT), as the stage's data module delivers them.
+* ours: the modules ``ViTCoCaStage`` builds (``vit`` + ``coca`` backbones, ``CoCaLoss``), its ``coca_loss`` as
+  its ``training_step`` calls it (the caption loss chunked from the decoder's states, no whole logits),
+  ``build_optimizer`` as its ``configure_optimizers`` does. The 64 images arrive packed into one sequence of
+  4,096 patches (NaViT), as the stage's data module delivers them.
   ``--compile ours`` turns on the stage's ``compile`` switch (each block compiled, ``apply_compile``).
 * open_clip: ``open_clip.CoCa`` from config dicts of the same shape, ``open_clip.loss.CoCaLoss`` (caption weight
   2, contrastive weight 1), ``torch.optim.AdamW`` as ``open_clip_train`` builds it (no fused kernel).
@@ -89,7 +90,7 @@ def build_ours(
     optimizer = build_optimizer(stage, OptimizerConfig(), lr=LR)
 
     def step(index: int) -> None:
-        stage.loss(stage(batch), batch["caption_ids"], batch["caption_mask"])["loss"].backward()
+        stage.coca_loss(batch)[1]["loss"].backward()
         optimizer.step()
         optimizer.zero_grad()
 
