@@ -5,12 +5,14 @@ import shutil
 from pathlib import Path
 
 import lightning.pytorch as pl
+import yaml
 
 from mm_lightning.data import ImageTextDataModule, MixtureDataModule, TextDataModule
 from mm_lightning.schedules import LRSchedule
 from mm_lightning.stages import AlignStage, JointStage, TextPretrainStage, ViTCoCaStage
 
 SHORT = LRSchedule(peak_lr=1e-3, warmup_steps=1, total_steps=3)
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 STAGES = {"text": TextPretrainStage, "vit": ViTCoCaStage, "align": AlignStage, "joint": JointStage}
 
 
@@ -41,7 +43,11 @@ def build_tiny_checkpoints(root: Path, inputs: Path) -> dict[str, Path]:
     pl.seed_everything(0)
     text = TextPretrainStage(llm="tiny", schedule=SHORT)
     fit_one_step(text, TextDataModule(seq_len=32, batch_size=2), root / "text.ckpt")
-    fit_one_step(ViTCoCaStage(schedule=SHORT), image_text(), root / "vit.ckpt")
+    vit_args = yaml.safe_load((CONFIGS / "vit_coca" / "tiny.yaml").read_text())["model"]["init_args"]
+    vit = ViTCoCaStage(
+        vit=vit_args["vit"], coca=vit_args["coca"], coca_overrides=vit_args.get("coca_overrides"), schedule=SHORT
+    )  # the config's backbones: the CLI tests resume it with that config
+    fit_one_step(vit, image_text(), root / "vit.ckpt")
     for name in ("text", "vit"):
         shutil.copy(root / f"{name}.ckpt", inputs / f"{name}.ckpt")
     fit_one_step(AlignStage(str(inputs / "text.ckpt"), str(inputs / "vit.ckpt"), schedule=SHORT), image_text(),
