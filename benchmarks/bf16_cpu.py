@@ -74,7 +74,7 @@ def load_batches(config: dict[str, Any], train: int, val: int) -> tuple[list[Any
 def stage_losses(stage: Any, name: str, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
     if name == "text":
         return stage.next_token_loss(batch)
-    return stage.loss(stage(batch), batch["caption_ids"], batch["caption_mask"])
+    return stage.coca_loss(batch)[1]  # as ViTCoCaStage.training_step (the caption term chunked)
 
 
 class Copy:
