@@ -13,7 +13,7 @@ optimizer state is laid out exactly as the parameters are, so FSDP2's checkpoint
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -40,6 +40,10 @@ class OptimizerConfig:
     """AdamW epsilon."""
     muon_momentum: float = 0.95
     """Muon momentum (Nesterov)."""
+    lr_scales: dict[str, float] = field(default_factory=dict)
+    """LR multipliers by parameter-name prefix, e.g. ``{"vit": 0.1}``: the ViT learns at a tenth of the schedule's LR
+    while the projector (and the LLM, where it trains) take it whole. The longest matching prefix applies, 1 elsewhere;
+    a multiplier must be positive (a stage freezes a module instead), and a prefix must match a trained parameter."""
 
 
 class ShardedMuon(torch.optim.Muon):
@@ -145,29 +149,63 @@ def build_adamw(groups: list[dict[str, Any]], lr: float, config: OptimizerConfig
 def build_optimizer(model: nn.Module, config: OptimizerConfig, lr: float) -> torch.optim.Optimizer:
     """Build the optimizer over ``model``'s trainable parameters.
 
+    Parameters fall into three kinds: 2-D hidden weights of the blocks (Muon's, under ``muon``), other matrices
+    (embeddings, head, projector: weight decay) and vectors (norm gains, biases: none). Each kind is one param group,
+    and one more per ``lr_scales`` multiplier that applies to some of its parameters (those groups start at
+    ``lr * multiplier``, which the LR scheduler then scales like every group); the unscaled groups come first.
+
     Args:
         model: the module whose ``requires_grad`` parameters train.
         config: optimizer choice and hyper-parameters.
         lr: initial (peak) LR; the scheduler scales it.
     """
-    hidden_matrices, decay, no_decay = [], [], []
+    scale_of = _lr_scale_lookup(model, config.lr_scales)
+    kinds: dict[str, dict[float, list[nn.Parameter]]] = {"hidden": {}, "decay": {}, "no_decay": {}}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         if param.dim() < 2:
-            no_decay.append(param)
+            kind = "no_decay"
         elif param.dim() == 2 and ".blocks." in f".{name}":
-            hidden_matrices.append(param)
+            kind = "hidden"
         else:
-            decay.append(param)  # embeddings, output head, other matrices
+            kind = "decay"  # embeddings, output head, other matrices
+        kinds[kind].setdefault(scale_of(name), []).append(param)
+
+    def groups(kind: str, weight_decay: float) -> list[dict[str, Any]]:
+        scales = sorted(kinds[kind], key=lambda scale: scale != 1.0)  # the unscaled group first (even empty)
+        return [{"params": kinds[kind].get(scale, []), "weight_decay": weight_decay, "lr": lr * scale}
+                for scale in ([1.0] if 1.0 not in scales else []) + scales]  # fmt: skip
+
     if config.name == "adamw":
-        groups = [{"params": hidden_matrices + decay, "weight_decay": config.weight_decay}]
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-        return build_adamw(groups, lr, config)
+        decayed = groups("hidden", config.weight_decay) + groups("decay", config.weight_decay)
+        merged = [{**decayed[0], "params": [p for g in decayed if g["lr"] == lr for p in g["params"]]}]
+        merged += [g for g in decayed if g["lr"] != lr]
+        return build_adamw(merged + groups("no_decay", 0.0), lr, config)
     if config.name == "muon":
-        adamw_groups = [
-            {"params": decay, "weight_decay": config.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        return MuonWithAdamW(hidden_matrices, adamw_groups, lr, config)
+        adamw_groups = groups("decay", config.weight_decay) + groups("no_decay", 0.0)
+        return MuonWithAdamW(groups("hidden", config.weight_decay), adamw_groups, lr, config)
     raise ConfigError(f"Unknown optimizer {config.name!r}; choose 'adamw' or 'muon'.")
+
+
+def _lr_scale_lookup(model: nn.Module, lr_scales: dict[str, float]) -> Callable[[str], float]:
+    """A function of a parameter name giving its ``lr_scales`` multiplier (longest matching prefix, else 1).
+
+    Raises:
+        ConfigError: a multiplier that is not positive, or a prefix that matches no trained parameter.
+    """
+    trained = [name for name, param in model.named_parameters() if param.requires_grad]
+    for prefix, scale in lr_scales.items():
+        if not scale > 0:
+            raise ConfigError(f"optimizer.lr_scales[{prefix!r}] = {scale}: a multiplier must be positive "
+                              "(to keep a module fixed, freeze it in its stage)")  # fmt: skip
+        if not any(name == prefix or name.startswith(prefix + ".") for name in trained):
+            tops = sorted({name.split(".")[0] for name in trained})
+            raise ConfigError(f"optimizer.lr_scales names {prefix!r}, which matches no trained parameter; "
+                              f"trained modules: {', '.join(tops)}")  # fmt: skip
+
+    def scale_of(name: str) -> float:
+        matches = [prefix for prefix in lr_scales if name == prefix or name.startswith(prefix + ".")]
+        return float(lr_scales[max(matches, key=len)]) if matches else 1.0
+
+    return scale_of

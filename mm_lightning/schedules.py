@@ -227,8 +227,9 @@ def rewarmup_piece(
 def build_lr_scheduler(optimizer: Optimizer, table: LRSchedule | Sequence[LRSchedule], step_offset: int) -> LambdaLR:
     """A torch scheduler whose LR at local step ``s`` is ``lr_at_table(table, step_offset + s)``.
 
-    The optimizer's groups must have been created with ``lr=table[0].peak_lr`` (LambdaLR scales it); nothing
-    but the step count is read back from a restored scheduler, so the table decides the LR.
+    The optimizer's groups must have been created with ``lr=table[0].peak_lr`` (times a group's ``lr_scales``
+    multiplier: LambdaLR scales each group's own); nothing but the step count is read back from a restored
+    scheduler, so the table decides the LR.
     """
     table = check_table([table] if isinstance(table, LRSchedule) else table)
     base_lr = table[0].peak_lr
