@@ -19,11 +19,12 @@ import os
 import random
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from mm_lightning.demo.emoji_scenes import Scene, SceneConfig, emoji_name, generate_scene, write_scene_shards
+from mm_lightning.demo.recall import RecallConfig, address_sentences, recall_document
 from mm_lightning.errors import ConfigError
 from mm_lightning.prep.text import prepare_text_shards
 
@@ -47,6 +48,10 @@ class DemoText:
     """An image-text demo whose *train-split* captions join the corpus as documents (never val compositions)."""
     caption_documents: int = 0
     """How many train-split scene captions to add (scenes beyond the image demo's own are new train scenes)."""
+    recall_documents: int = 0
+    """How many recall documents (:mod:`mm_lightning.demo.recall`) to spread between the corpus's documents."""
+    recall: RecallConfig = RecallConfig()
+    """The shape of those recall documents."""
     tokenizer_demo: str | None = None
     """Another text demo whose tokenizer to reuse instead of training one (keeps one vocabulary)."""
     chunk_tokens: int = 1 << 14
@@ -64,6 +69,17 @@ DEMO_TEXTS = {
         version="v6",
         captions_from="demo:emoji-scenes",
         caption_documents=98304,
+        tokenizer_demo="demo:sotu",
+    ),
+    # the same plus documents that state numbers and later repeat them (mm_lightning.demo.recall): text that
+    # rewards copying from the context, for the long demo's passkey (a bare 5M LLM passes none of its prompts)
+    "sotu-captions-recall": DemoText(
+        source=SOTU,
+        version="v1",
+        captions_from="demo:emoji-scenes",
+        caption_documents=98304,
+        recall_documents=8192,
+        recall=RecallConfig(facts=(1, 2), passage_sentences=(0, 2)),
         tokenizer_demo="demo:sotu",
     ),
 }
@@ -121,9 +137,8 @@ def ensure_demo_text(name: str) -> Path:
 
     def build(scratch: Path) -> Path:
         inputs = [demo.source]
-        if demo.captions_from is not None:
-            mixed = scratch / "speeches_and_captions.jsonl"
-            inputs = [_write_with_captions(demo.source, demo.captions_from, demo.caption_documents, mixed)]
+        if demo.captions_from is not None or demo.recall_documents:
+            inputs = [_write_mixed(demo, scratch / "speeches_and_more.jsonl")]
         tokenizer = ensure_demo_text(demo.tokenizer_demo) / "tokenizer.json" if demo.tokenizer_demo else None
         prepare_text_shards(
             inputs, scratch / "shards", tokenizer=tokenizer, vocab_size=demo.vocab_size,
@@ -140,21 +155,27 @@ def read_corpus(path: Path) -> tuple[dict, ...]:
         return tuple(json.loads(line) for line in f if line.strip())
 
 
-def _write_with_captions(source: Path, image_demo: str, count: int, path: Path) -> Path:
-    """The corpus with ``count`` train-split captions of an image-text demo spread between its documents, each
-    caption a look-up document (:func:`lookup_document`).
+def _write_mixed(demo: DemoText, path: Path) -> Path:
+    """The corpus with its added documents spread between its own: train-split scene captions, each a look-up
+    document (:func:`lookup_document`), and recall documents (:func:`~mm_lightning.demo.recall.recall_document`).
 
-    Each document is followed by an equal share of the captions (one caption a document), so every chunk
-    of the prepared stream, and every batch a run draws from one, holds both kinds of text: a captions file of
-    its own gave chunks of captions alone, and runs of 8 steps on one kind made the validation loss swing.
+    Each document is followed by an equal share of the added ones (captions and recall documents alternating), so
+    every chunk of the prepared stream, and every batch a run draws from one, holds every kind of text: a captions
+    file of its own gave chunks of captions alone, and runs of 8 steps on one kind made the validation loss swing.
     """
-    documents = [record["text"] for record in read_corpus(source)]
-    config = SceneConfig(vocab_size=_image_demo(image_demo)[1].vocab_size)
-    captions = (lookup_document(generate_scene(config, "train", index), index) for index in range(count))
+    documents = [record["text"] for record in read_corpus(demo.source)]
+    added: list[Iterator[str]] = []
+    if demo.captions_from is not None:
+        config = SceneConfig(vocab_size=_image_demo(demo.captions_from)[1].vocab_size)
+        added.append(lookup_document(generate_scene(config, "train", i), i) for i in range(demo.caption_documents))
+    if demo.recall_documents:
+        sentences, rng = address_sentences(documents), random.Random(f"recall-{demo.version}")
+        added.append(recall_document(rng, sentences, demo.recall) for _ in range(demo.recall_documents))
+    extra = [doc for group in itertools.zip_longest(*added) for doc in group if doc is not None]
     with open(path, "w", encoding="utf-8") as out:
         for position, document in enumerate(documents):
-            share = count * (position + 1) // len(documents) - count * position // len(documents)
-            for text in [document, *itertools.islice(captions, share)]:
+            share = slice(len(extra) * position // len(documents), len(extra) * (position + 1) // len(documents))
+            for text in [document, *extra[share]]:
                 out.write(json.dumps({"text": text}) + "\n")
     return path
 
