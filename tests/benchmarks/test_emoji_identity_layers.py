@@ -25,9 +25,11 @@ def test_the_probe_scores_identity_across_backgrounds_and_chance_for_colour_alon
 
 
 def test_the_script_probes_the_vit_and_the_projector_of_stage_checkpoints(tiny_checkpoints) -> None:
+    """On the probe images and, with ``--scenes``, on the emoji boxes of demo scenes."""
     results = emoji_identity_layers.main(
-        ["--checkpoints", f"vit={tiny_checkpoints['vit']}", f"align={tiny_checkpoints['align']}"]
+        ["--checkpoints", f"vit={tiny_checkpoints['vit']}", f"align={tiny_checkpoints['align']}", "--scenes", "8"]
     )
-    assert set(results["vit"]) == {"vit"} and set(results["align"]) == {"vit", "projector"}
+    assert set(results["vit"]) == {"vit", "vit_scenes"}
+    assert set(results["align"]) == {"vit", "projector", "vit_scenes", "projector_scenes"}
     assert all(0.0 <= value <= 1.0 for row in (results["vit"], results["align"]) for value in row.values())
     assert results["chance"] == 1 / 64
