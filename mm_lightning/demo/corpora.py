@@ -138,7 +138,8 @@ def ensure_demo_text(name: str) -> Path:
     def build(scratch: Path) -> Path:
         inputs = [demo.source]
         if demo.captions_from is not None or demo.recall_documents:
-            inputs = [_write_mixed(demo, scratch / "speeches_and_more.jsonl")]
+            # the file's name keys the train/val split hash: sotu-captions v6 was built from this name
+            inputs = [_write_mixed(demo, scratch / "speeches_and_captions.jsonl")]
         tokenizer = ensure_demo_text(demo.tokenizer_demo) / "tokenizer.json" if demo.tokenizer_demo else None
         prepare_text_shards(
             inputs, scratch / "shards", tokenizer=tokenizer, vocab_size=demo.vocab_size,
