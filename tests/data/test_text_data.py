@@ -142,6 +142,8 @@ def test_captions_demo_shares_the_sotu_tokenizer_and_holds_no_val_captions(demo_
     assert (root / "tokenizer.json").read_bytes() == (demo_sotu / "tokenizer.json").read_bytes()
     summary = json.loads((root / "prep_summary.json").read_text())
     assert summary["documents"] == 233 + DEMO_TEXTS["sotu-captions"].caption_documents
+    # v6's train/val split, which hashes the mixed file's name: a change of either needs a new version
+    assert (summary["splits"]["val"]["documents"], summary["splits"]["val"]["tokens"]) == (2030, 101873)
     config = SceneConfig(vocab_size=DEMO_IMAGE_TEXTS["emoji-scenes"].vocab_size)
     train = {generate_scene(config, "train", i).composition for i in range(200)}
     val = {generate_scene(config, "val", i).composition for i in range(200)}
