@@ -172,19 +172,19 @@ def build_optimizer(model: nn.Module, config: OptimizerConfig, lr: float) -> tor
             kind = "decay"  # embeddings, output head, other matrices
         kinds[kind].setdefault(scale_of(name), []).append(param)
 
-    def groups(kind: str, weight_decay: float) -> list[dict[str, Any]]:
-        scales = sorted(kinds[kind], key=lambda scale: scale != 1.0)  # the unscaled group first (even empty)
-        return [{"params": kinds[kind].get(scale, []), "weight_decay": weight_decay, "lr": lr * scale}
-                for scale in ([1.0] if 1.0 not in scales else []) + scales]  # fmt: skip
+    def groups(*names: str, weight_decay: float) -> list[dict[str, Any]]:
+        by_scale: dict[float, list[nn.Parameter]] = {1.0: []}  # the unscaled group first (even empty)
+        for name in names:
+            for scale, params in kinds[name].items():
+                by_scale.setdefault(scale, []).extend(params)
+        return [{"params": ps, "weight_decay": weight_decay, "lr": lr * scale} for scale, ps in by_scale.items()]
 
     if config.name == "adamw":
-        decayed = groups("hidden", config.weight_decay) + groups("decay", config.weight_decay)
-        merged = [{**decayed[0], "params": [p for g in decayed if g["lr"] == lr for p in g["params"]]}]
-        merged += [g for g in decayed if g["lr"] != lr]
-        return build_adamw(merged + groups("no_decay", 0.0), lr, config)
+        decayed = groups("hidden", "decay", weight_decay=config.weight_decay)
+        return build_adamw(decayed + groups("no_decay", weight_decay=0.0), lr, config)
     if config.name == "muon":
-        adamw_groups = groups("decay", config.weight_decay) + groups("no_decay", 0.0)
-        return MuonWithAdamW(groups("hidden", config.weight_decay), adamw_groups, lr, config)
+        adamw_groups = groups("decay", weight_decay=config.weight_decay) + groups("no_decay", weight_decay=0.0)
+        return MuonWithAdamW(groups("hidden", weight_decay=config.weight_decay), adamw_groups, lr, config)
     raise ConfigError(f"Unknown optimizer {config.name!r}; choose 'adamw' or 'muon'.")
 
 
