@@ -1,0 +1,40 @@
+"""benchmarks/copy_task.py: rows whose second half repeats the first, the copied targets marked exactly."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+import copy_task  # noqa: E402
+
+
+def test_copied_targets_are_the_repeats() -> None:
+    ids, seq_ids, copied = copy_task.copy_batch(torch.Generator().manual_seed(0), 3, 8, 50, packed=False)
+    assert seq_ids is None and ids.shape == (3, 16) and copied.shape == (3, 15)
+    assert torch.equal(ids[:, :8], ids[:, 8:])
+    targets = ids[:, 1:]
+    # every copied target equals the token 8 places before it; the first half's targets are not marked
+    assert torch.equal(targets[copied].view(3, 8), ids[:, :8])
+    assert not copied[:, :7].any() and copied[:, 7:].all()
+
+
+def test_packed_rows_keep_documents_apart() -> None:
+    ids, seq_ids, copied = copy_task.copy_batch(torch.Generator().manual_seed(1), 2, 8, 50, packed=True)
+    assert ids.shape == (2, 16) and seq_ids.tolist() == [[0] * 8 + [1] * 8] * 2
+    assert torch.equal(ids[:, :4], ids[:, 4:8]) and torch.equal(ids[:, 8:12], ids[:, 12:])
+    marked = copied[0].nonzero().flatten().tolist()
+    assert marked == [3, 4, 5, 6, 11, 12, 13, 14]  # targets 4-7 and 12-15; target 8 starts a new document
+
+
+def test_script_trains_and_reports_both_halves(tmp_path) -> None:
+    out = tmp_path / "copy.json"
+    result = copy_task.main(["--steps", "2", "--every", "1", "--rows", "2", "--half", "8", "--out", str(out)])
+    assert [point["step"] for point in result["curve"]] == [0, 1, 2]
+    first = result["curve"][0]
+    # an untrained model is near chance on both halves: it cannot copy yet
+    assert abs(first["first_half"] - result["chance"]) < 2.5 and abs(first["copied_half"] - result["chance"]) < 2.5
+    assert out.exists()
