@@ -109,7 +109,7 @@ SKIP = {  # README command -> why the suite does not run it
     " the demo pipeline for ~11 min; the short_demo_run fixture runs that pipeline shortened, and every RUN command"
     " runs after it",
     ". .venv/bin/activate && python -m pytest -q": "the whole test suite, this test included",
-    "mm-lightning pipeline --config configs/pipelines/demo_long.yaml": "the long demo: about 40-50 minutes of training on"
+    "mm-lightning pipeline --config configs/pipelines/demo_long.yaml": "the long demo: about 40 minutes of training on"
     " the 2-core CPU; its stage configs are the demo's (which the short demo run trains) and its dry run runs",
     "mm-lightning pipeline --config configs/pipelines/gpu_8x_1b.yaml": GPUS,
     "torchrun --standalone --nproc_per_node 8 -m mm_lightning.cli pipeline --config configs/pipelines/gpu_8x_1b.yaml": (
