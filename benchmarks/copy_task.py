@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
         if step % args.every == 0 or step == args.steps:
             point = {
                 "step": step,
-                "first_half": float(losses[~copied].mean()),
-                "copied_half": float(losses[copied].mean()),
+                "first_half": losses[~copied].mean().item(),
+                "copied_half": losses[copied].mean().item(),
                 "seconds": round(time.perf_counter() - start, 1),
             }
             curve.append(point)
