@@ -22,7 +22,12 @@ def _dense(q, k, v, seq_ids, causal):
 
 
 def _assert_equal_with_grads(got_fn, want_fn, inputs, atol=1e-5):
-    """Values, and gradients of a random projection of them (a sum of squares of a LayerNorm output cancels)."""
+    """Values, and gradients of a random projection of them (a sum of squares of a LayerNorm output cancels).
+
+    A parameter's gradient sums over every position in an order that differs between the two paths, so fp32 rounding
+    reaches ~4e-5 of its size on some CPUs (a CI machine of 2026-12-01); the gradients are compared at rtol 1e-4, far
+    below the O(1) error a mask that lets one document see another gives.
+    """
     got = got_fn()
     cotangent = torch.randn(got.shape, generator=torch.Generator().manual_seed(1))
     got_grads = torch.autograd.grad((got * cotangent).sum(), inputs)
@@ -30,7 +35,7 @@ def _assert_equal_with_grads(got_fn, want_fn, inputs, atol=1e-5):
     want_grads = torch.autograd.grad((want * cotangent).sum(), inputs)
     torch.testing.assert_close(got, want, atol=atol, rtol=1e-5)
     for g, w in zip(got_grads, want_grads):
-        torch.testing.assert_close(g, w, atol=atol, rtol=1e-5)
+        torch.testing.assert_close(g, w, atol=atol, rtol=1e-4)
 
 
 LAYOUTS = {
