@@ -106,10 +106,10 @@ WEIGHTS = "needs downloaded weights (network); tests/interop converts small rand
 SKIP = {  # README command -> why the suite does not run it
     'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[dev]" && mm-lightning pipeline --config'
     " configs/pipelines/demo.yaml": "README command 1 itself: installs from the package index (network) and trains"
-    " the demo pipeline for ~11 min; the short_demo_run fixture runs that pipeline shortened, and every RUN command"
+    " the demo pipeline for ~13 min; the short_demo_run fixture runs that pipeline shortened, and every RUN command"
     " runs after it",
     ". .venv/bin/activate && python -m pytest -q": "the whole test suite, this test included",
-    "mm-lightning pipeline --config configs/pipelines/demo_long.yaml": "the long demo: about 40 minutes of training on"
+    "mm-lightning pipeline --config configs/pipelines/demo_long.yaml": "the long demo: about 57 minutes of training on"
     " the 2-core CPU; its stage configs are the demo's (which the short demo run trains) and its dry run runs",
     "mm-lightning pipeline --config configs/pipelines/gpu_8x_1b.yaml": GPUS,
     "torchrun --standalone --nproc_per_node 8 -m mm_lightning.cli pipeline --config configs/pipelines/gpu_8x_1b.yaml": (
