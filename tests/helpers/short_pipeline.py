@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -66,3 +69,18 @@ def run_pipeline_command(pipeline: Path, kill: bool = False) -> subprocess.Compl
     return subprocess.run(
         command, cwd=pipeline.parent, env=env, capture_output=True, text=True, timeout=900, start_new_session=True
     )
+
+
+def seed_finished_stages(source: Path, target: Path, names: Sequence[str]) -> None:
+    """Give run folder ``target`` the finished stages ``names`` of run folder ``source``: their folders, and their
+    manifest entries with every path moved to ``target``, as if ``target`` had run them (a run folder may move).
+
+    A test that needs a pipeline stopped in a later stage starts from these instead of training them again.
+    """
+    for name in names:
+        shutil.copytree(source / name, target / name)
+    moved = (source / "manifest.json").read_text().replace(json.dumps(str(source))[1:-1], json.dumps(str(target))[1:-1])
+    manifest = json.loads(moved)
+    manifest["stages"] = [entry for entry in manifest["stages"] if entry["name"] in names]
+    assert [entry["status"] for entry in manifest["stages"]] == ["finished"] * len(names), manifest["stages"]
+    (target / "manifest.json").write_text(json.dumps(manifest, indent=1))

@@ -1,8 +1,8 @@
 """The demo pipeline end to end through ``mm-lightning pipeline``, with every stage cut to a few steps.
 
-One run goes through uninterrupted; another is killed during joint pre-training (recipe stage 3) and run
-again with the same command: it must skip the finished stages, resume the stopped one from its checkpoint
-and end with the same final figures and weights.
+One run goes through uninterrupted; another, given that run's stages 1-2b, is killed during joint pre-training
+(recipe stage 3) and run again with the same command: it must skip the finished stages, resume the stopped one
+from its checkpoint and end with the same final figures and weights.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers.short_pipeline import ROOT, run_pipeline_command, short_demo_pipeline
+from helpers.short_pipeline import ROOT, run_pipeline_command, seed_finished_stages, short_demo_pipeline
 
 from mm_lightning.checkpoint import load_checkpoint
 
@@ -64,10 +64,14 @@ def test_the_demo_pipeline_runs_every_stage_and_writes_manifest_logs_and_report(
 def test_a_pipeline_killed_in_stage_3_resumes_and_ends_like_the_uninterrupted_run(
     tmp_path: Path, uninterrupted: Path
 ) -> None:
-    pipeline = short_demo_pipeline(tmp_path)
+    pipeline, run_dir = short_demo_pipeline(tmp_path), tmp_path / "run"
+    seed_finished_stages(uninterrupted, run_dir, ["text", "vit", "align"])  # stages 1-2b as that run left them
     killed = run_pipeline_command(pipeline, kill=True)
     assert killed.returncode != 0
-    run_dir = tmp_path / "run"
+    headers = [line for line in killed.stdout.splitlines() if line.startswith("=== stage ")]
+    for index, name in enumerate(("text", "vit", "align"), start=1):  # the seeded stages count as done
+        assert any(line.startswith(f"=== stage {index}/6 {name}:") and line.endswith("skip (finished at step 4)")
+                   for line in headers), headers  # fmt: skip
     before = stage_entries(run_dir)
     assert [before[name]["status"] for name in ("text", "vit", "align", "joint")] == [
         "finished", "finished", "finished", "running"]  # fmt: skip
