@@ -4,10 +4,13 @@ Issue 12's passkey stays at 0 after every demo stage, and text that repeats numb
 denser variants too) taught no copying in 400-1,250 steps: a repeated number's digits scored no better than their
 first statement. This script separates "cannot" from "has not yet": it trains a fresh preset LLM on rows that are a
 random token sequence followed by the same sequence again (``--packed``: two such documents a row, attention kept
-inside each through ``seq_ids``), where the second half is predictable only by copying, and logs the loss on the
-first half (chance, ``ln(--span-vocab)``) and on the copied half. Copying shows as the copied half's loss leaving the
-first half's and falling towards 0 (an induction head; Olsson et al. 2022); no template, no words, nothing shared with
-the passkey prompts.
+inside each through ``seq_ids``), where the repeat is predictable only by copying, and logs the loss on the random
+ids (chance, ``ln(--span-vocab)``) and on the copied ones. Copying shows as the copied ids' loss leaving the
+random ids' and falling towards 0 (an induction head; Olsson et al. 2022); no template, no words, nothing shared with
+the passkey prompts. Between a span and its repeat lie ``0..--gap`` random ids, drawn per row: with ``--gap 0`` every
+copy is exactly the span's length back, and a head that attends that far back (RoPE makes that easy) solves the task
+without matching any content, which is not what a passkey needs (the tiny preset learns that in 200-400 steps and still
+fails the passkey).
 
 Usage::
 
@@ -32,32 +35,35 @@ FIRST_ID = 100
 """Lowest token id of the random spans (below it sit the special tokens)."""
 
 
-def copy_batch(generator: torch.Generator, rows: int, half: int, span_vocab: int, packed: bool,
+def copy_batch(generator: torch.Generator, rows: int, half: int, span_vocab: int, packed: bool, gap: int = 0,
                ) -> tuple[Tensor, Tensor | None, Tensor]:  # fmt: skip
-    """Rows of ``[s, s]`` (or ``[a, a, b, b]`` as two documents when ``packed``), with the copied positions.
+    """Rows of ``[s, g, s, t]``: a random span ``s``, ``g`` random ids, the span again, ``t`` random ids to fill the row
+    (``packed``: two such documents a row, each with a span of ``half // 2``), with the copied positions.
+
+    ``g`` is drawn per document from ``0..gap`` and ``t`` is ``gap - g``, so every row has the same width while the
+    distance between a token and its copy differs from row to row: with ``gap = 0`` it is always the span's length,
+    and a head that looks that many positions back copies without matching any content.
 
     Returns:
-        ``input_ids [R, 2 * half]``, ``seq_ids`` (``None`` unless packed) and ``copied [R, 2 * half - 1]``, True where
-        the *target* of a position lies in a repeated half (the first token of a repeat included: it follows the
-        end of the first statement, so predicting it needs the copy too).
+        ``input_ids [R, W]``, ``seq_ids`` (``None`` unless packed) and ``copied [R, W - 1]``, True where the *target* of
+        a position lies in a repeated span (the first token of a repeat included: it follows the gap, so predicting it
+        needs the copy too). ``W`` is ``2 * half + gap`` (packed: ``2 * (half // 2 * 2 + gap)``).
     """
-    spans = torch.randint(FIRST_ID, FIRST_ID + span_vocab, (rows, half), generator=generator)
-    if not packed:
-        ids, seq_ids = torch.cat([spans, spans], 1), None
-        starts = [half]
-    else:
-        quarter = half // 2
-        a, b = spans[:, :quarter], spans[:, quarter : 2 * quarter]
-        ids = torch.cat([a, a, b, b], 1)
-        seq_ids = torch.zeros_like(ids)
-        seq_ids[:, 2 * quarter :] = 1
-        starts = [quarter, 3 * quarter]
-    width = ids.shape[1]
-    copied = torch.zeros(rows, width - 1, dtype=torch.bool)
-    length = half if not packed else half // 2
-    for start in starts:
-        copied[:, start - 1 : start - 1 + length] = True  # position p predicts token p + 1
-    return ids, seq_ids, copied
+    length, documents = (half, 1) if not packed else (half // 2, 2)
+    width = 2 * length + gap
+    ids = torch.randint(FIRST_ID, FIRST_ID + span_vocab, (rows, documents * width), generator=generator)
+    copied = torch.zeros(rows, documents * width, dtype=torch.bool)
+    gaps = torch.randint(0, gap + 1, (rows, documents), generator=generator)
+    for row in range(rows):
+        for document in range(documents):
+            first = document * width
+            repeat = first + length + int(gaps[row, document])
+            ids[row, repeat : repeat + length] = ids[row, first : first + length]
+            copied[row, repeat : repeat + length] = True
+    seq_ids = None
+    if packed:
+        seq_ids = torch.arange(documents).repeat_interleave(width).expand(rows, -1).clone()
+    return ids, seq_ids, copied[:, 1:]  # position p predicts token p + 1
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -66,16 +72,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=700)
     parser.add_argument("--every", type=int, default=100, help="log every N steps")
     parser.add_argument("--rows", type=int, default=16)
-    parser.add_argument("--half", type=int, default=32, help="tokens in the first statement (the row is twice this)")
+    parser.add_argument("--half", type=int, default=32, help="tokens in the span (the row is twice this plus --gap)")
     parser.add_argument("--span-vocab", type=int, default=1000, help="distinct token ids the spans draw from")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--packed", action="store_true", help="two documents a row, kept apart by seq_ids")
+    parser.add_argument("--gap", type=int, default=32, help="most random ids between span and copy (0: none)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="write the curve as JSON here")
     args = parser.parse_args(argv)
-    if args.half < 4 or args.steps < 1 or args.every < 1:
-        parser.error("--half must be at least 4, --steps and --every at least 1")
+    if args.half < 4 or args.steps < 1 or args.every < 1 or args.gap < 0:
+        parser.error("--half must be at least 4, --steps and --every at least 1, --gap at least 0")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     llm = build_backbone("llm", args.preset)
@@ -86,20 +93,20 @@ def main(argv: list[str] | None = None) -> dict:
     curve, start = [], time.perf_counter()
     print(f"chance: {math.log(args.span_vocab):.3f} nats a token (uniform over {args.span_vocab} ids)")
     for step in range(args.steps + 1):
-        ids, seq_ids, copied = copy_batch(generator, args.rows, args.half, args.span_vocab, args.packed)
+        ids, seq_ids, copied = copy_batch(generator, args.rows, args.half, args.span_vocab, args.packed, args.gap)
         logits = llm(ids, seq_ids=seq_ids)  # [R, T, V]
         losses = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
         losses = losses.view(args.rows, -1)  # [R, T - 1]
         if step % args.every == 0 or step == args.steps:
             point = {
                 "step": step,
-                "first_half": losses[~copied].mean().item(),
-                "copied_half": losses[copied].mean().item(),
+                "random": losses[~copied].mean().item(),
+                "copied": losses[copied].mean().item(),
                 "seconds": round(time.perf_counter() - start, 1),
             }
             curve.append(point)
             print(
-                f"step {step:5d}  loss first half {point['first_half']:.3f}  copied half {point['copied_half']:.3f}"
+                f"step {step:5d}  loss random ids {point['random']:.3f}  copied ids {point['copied']:.3f}"
                 f"  ({point['seconds']:.0f} s)",
                 flush=True,
             )

@@ -1,4 +1,4 @@
-"""benchmarks/copy_task.py: rows whose second half repeats the first, the copied targets marked exactly."""
+"""benchmarks/copy_task.py: rows that repeat a random span after a random gap, the copied targets marked exactly."""
 
 from __future__ import annotations
 
@@ -30,11 +30,26 @@ def test_packed_rows_keep_documents_apart() -> None:
     assert marked == [3, 4, 5, 6, 11, 12, 13, 14]  # targets 4-7 and 12-15; target 8 starts a new document
 
 
-def test_script_trains_and_reports_both_halves(tmp_path) -> None:
+def test_a_gap_moves_each_repeat_by_its_own_distance() -> None:
+    """With ``gap``, the distance from a token to its copy differs between rows: no fixed look-back solves the task."""
+    rows, half, gap = 64, 6, 5
+    generator = torch.Generator().manual_seed(2)
+    ids, seq_ids, copied = copy_task.copy_batch(generator, rows, half, 5000, packed=False, gap=gap)
+    assert seq_ids is None and ids.shape == (rows, 2 * half + gap) and copied.sum(1).tolist() == [half] * rows
+    distances = set()
+    for row in range(rows):
+        targets = copied[row].nonzero().flatten() + 1  # positions of the copied tokens
+        assert targets.tolist() == list(range(targets[0], targets[0] + half))  # one run, the span's length
+        assert torch.equal(ids[row, targets], ids[row, :half])  # the span again
+        distances.add(int(targets[0]))
+    assert distances == set(range(half, half + gap + 1))  # every gap 0..5 occurs in 64 rows
+
+
+def test_script_trains_and_reports_random_and_copied_ids(tmp_path) -> None:
     out = tmp_path / "copy.json"
     result = copy_task.main(["--steps", "2", "--every", "1", "--rows", "2", "--half", "8", "--out", str(out)])
     assert [point["step"] for point in result["curve"]] == [0, 1, 2]
     first = result["curve"][0]
-    # an untrained model is near chance on both halves: it cannot copy yet
-    assert abs(first["first_half"] - result["chance"]) < 2.5 and abs(first["copied_half"] - result["chance"]) < 2.5
+    # an untrained model is near chance on both: it cannot copy yet
+    assert abs(first["random"] - result["chance"]) < 2.5 and abs(first["copied"] - result["chance"]) < 2.5
     assert out.exists()
