@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mm_lightning.models.registry import build_backbone
+from mm_lightning.optim import OptimizerConfig, build_optimizer
 
 FIRST_ID = 100
 """Lowest token id of the random spans (below it sit the special tokens)."""
@@ -75,6 +76,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--half", type=int, default=32, help="tokens in the span (the row is twice this plus --gap)")
     parser.add_argument("--span-vocab", type=int, default=1000, help="distinct token ids the spans draw from")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--optimizer",
+        choices=("adamw", "muon"),
+        default="adamw",
+        help="adamw: torch's AdamW; muon: the stages' Muon + AdamW (build_optimizer); no weight decay",
+    )
+    parser.add_argument("--key-smear", action="store_true", help="smeared keys (LLMConfig.key_smear)")
     parser.add_argument("--packed", action="store_true", help="two documents a row, kept apart by seq_ids")
     parser.add_argument("--gap", type=int, default=32, help="most random ids between span and copy (0: none)")
     parser.add_argument("--threads", type=int, default=1)
@@ -85,10 +93,13 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--half must be at least 4, --steps and --every at least 1, --gap at least 0")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    llm = build_backbone("llm", args.preset)
+    llm = build_backbone("llm", args.preset, key_smear=args.key_smear)
     if FIRST_ID + args.span_vocab > llm.config.vocab_size:
         parser.error(f"--span-vocab {args.span_vocab} does not fit the preset's vocabulary ({llm.config.vocab_size})")
-    optimizer = torch.optim.AdamW(llm.parameters(), lr=args.lr, weight_decay=0.0)
+    if args.optimizer == "muon":
+        optimizer = build_optimizer(llm, OptimizerConfig(name="muon", weight_decay=0.0), args.lr)
+    else:  # torch's defaults (betas 0.9, 0.999), as every figure measured before --optimizer existed
+        optimizer = torch.optim.AdamW(llm.parameters(), lr=args.lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(args.seed)
     curve, start = [], time.perf_counter()
     print(f"chance: {math.log(args.span_vocab):.3f} nats a token (uniform over {args.span_vocab} ids)")

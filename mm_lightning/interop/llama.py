@@ -75,6 +75,11 @@ def export_llama(
     out = Path(out)
     check_output(out, overwrite, ("config.json", SAFETENSORS))
     llm = load_backbone(ckpt, "llm")
+    if llm.config.key_smear:
+        raise ConversionError(
+            f"{ckpt}: its LLM has smeared keys (key_smear: true), which a Llama cannot compute; only an LLM trained "
+            "without them exports"
+        )
     data_args = checkpoint.get("datamodule_hyper_parameters") or {}
     max_length = source.get("max_position_embeddings") or data_args.get("seq_len") or 2048
     fields = {"max_position_embeddings": max_length}

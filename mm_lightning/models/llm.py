@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from mm_lightning.errors import ConfigError
 from mm_lightning.models.registry import register_backbone, register_preset
 from mm_lightning.ops.attention import attention, prefix_causal_attention
+from mm_lightning.ops.key_smear import GATE_INIT, smear_keys
 from mm_lightning.ops.packing import position_ids_from_seq_ids
 from mm_lightning.ops.rope import apply_rope, rope_cos_sin
 
@@ -55,6 +56,10 @@ class LLMConfig:
     """Attention backend: ``auto`` (xformers on CUDA when available, else SDPA), ``sdpa`` or ``xformers``."""
     init_std: float = 0.02
     """Standard deviation of the normal weight init."""
+    key_smear: bool = False
+    """Smeared keys (``ops/key_smear.py``): each key mixes in the previous position's through a learned gate per key
+    head, so one head can copy what followed an earlier occurrence of a token (an induction head). The tiny demo's
+    passkey needs it (README); a Llama has no such gate, so ``export-llama`` refuses a model that has it."""
     head_dim: int = field(init=False)
     """Per-head width, derived: ``d_model // n_heads``."""
 
@@ -121,6 +126,7 @@ class Attention(nn.Module):
         qkv_width = (config.n_heads + 2 * config.n_kv_heads) * config.head_dim
         self.qkv = nn.Linear(config.d_model, qkv_width, bias=False)
         self.proj = nn.Linear(config.n_heads * config.head_dim, config.d_model, bias=False)
+        self.smear_logit = nn.Parameter(torch.full((config.n_kv_heads,), GATE_INIT)) if config.key_smear else None
 
     def forward(
         self,
@@ -141,9 +147,13 @@ class Attention(nn.Module):
         v = v.view(batch, seq_len, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)  # [B, Hkv, T, D]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv_cache is None:
+            if self.smear_logit is not None:
+                k = smear_keys(k, self.smear_logit, seq_ids)
             out = attention(q, k, v, causal=True, seq_ids=seq_ids, backend=cfg.attn_backend)  # [B, H, T, D]
         else:
-            k, v = kv_cache.write(layer, k, v)  # [B, Hkv, S, D], S = cached + T
+            k, v = kv_cache.write(layer, k, v)  # [B, Hkv, S, D], S = cached + T; the cache keeps unsmeared keys
+            if self.smear_logit is not None:
+                k = smear_keys(k, self.smear_logit)
             out = prefix_causal_attention(q, k, v)  # [B, H, T, D]
         return self.proj(out.transpose(1, 2).reshape(batch, seq_len, -1))
 
@@ -204,7 +214,9 @@ class LLM(nn.Module):
         """Normal init; residual output projections scaled by ``1/sqrt(2 * n_layers)`` (GPT-2)."""
         std = self.config.init_std
         for name, param in self.named_parameters():
-            if param.dim() < 2:
+            if name.endswith("smear_logit"):
+                nn.init.constant_(param, GATE_INIT)
+            elif param.dim() < 2:
                 nn.init.ones_(param)  # RMSNorm gains
             elif name.endswith(("attn.proj.weight", "mlp.down.weight")):
                 nn.init.normal_(param, std=std / math.sqrt(2 * self.config.n_layers))

@@ -53,3 +53,13 @@ def test_script_trains_and_reports_random_and_copied_ids(tmp_path) -> None:
     # an untrained model is near chance on both: it cannot copy yet
     assert abs(first["random"] - result["chance"]) < 2.5 and abs(first["copied"] - result["chance"]) < 2.5
     assert out.exists()
+
+
+def test_muon_is_the_stages_optimizer_and_changes_the_run() -> None:
+    """``--optimizer muon`` trains with ``build_optimizer``'s Muon + AdamW: same data and start, another curve."""
+    argv = ["--steps", "3", "--every", "3", "--rows", "2", "--half", "8", "--lr", "3e-3"]
+    adamw, muon = copy_task.main(argv), copy_task.main([*argv, "--optimizer", "muon"])
+    assert adamw["curve"][0] == {**muon["curve"][0], "seconds": adamw["curve"][0]["seconds"]}  # same start
+    assert muon["args"]["optimizer"] == "muon"
+    assert abs(adamw["curve"][1]["random"] - muon["curve"][1]["random"]) > 1e-3
+    assert muon["curve"][1]["random"] < muon["curve"][0]["random"]  # it learns (the unigram, in 3 steps)

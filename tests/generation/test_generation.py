@@ -12,11 +12,18 @@ from mm_lightning.ops.attention import attention, prefix_causal_attention
 VOCAB = 97
 
 
-def micro():
-    """A micro LLM whose greedy continuations vary (untied head, wider init), so equalities are not trivial."""
+def micro(key_smear: bool = False):
+    """A micro LLM whose greedy continuations vary (untied head, wider init), so equalities are not trivial.
+
+    ``key_smear``: with smeared keys, each gate at a different, large share (0.27-0.73), so the smear shows."""
     torch.manual_seed(0)
     fields = dict(vocab_size=VOCAB, n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, ffn_hidden=96)
-    return build_backbone("llm", "tiny", **fields, tie_embeddings=False, init_std=0.3).eval()
+    llm = build_backbone("llm", "tiny", **fields, tie_embeddings=False, init_std=0.3, key_smear=key_smear).eval()
+    if key_smear:
+        with torch.no_grad():
+            for block in llm.blocks:
+                block.attn.smear_logit.copy_(torch.tensor([-1.0, 1.0]))
+    return llm
 
 
 def prompts(batch: int, length: int, seed: int = 1) -> torch.Tensor:
@@ -42,8 +49,9 @@ def test_cached_sampling_equals_uncached_with_the_same_generator():
     assert torch.equal(cached, uncached)
 
 
-def test_cached_forward_logits_equal_the_full_forward():
-    llm = micro()
+@pytest.mark.parametrize("key_smear", [False, True])
+def test_cached_forward_logits_equal_the_full_forward(key_smear):
+    llm = micro(key_smear)
     ids = prompts(2, 12)
     cache = llm.new_kv_cache(2, 16)
     with torch.no_grad():
@@ -57,9 +65,10 @@ def test_cached_forward_logits_equal_the_full_forward():
     assert cache.length == 11
 
 
+@pytest.mark.parametrize("key_smear", [False, True])
 @pytest.mark.parametrize("chunks", [[1] * 9, [3, 1, 5], [8, 1]])
-def test_chunked_prefill_equals_one_shot(chunks):
-    llm = micro()
+def test_chunked_prefill_equals_one_shot(chunks, key_smear):
+    llm = micro(key_smear)
     ids = prompts(2, sum(chunks))
     one_shot, chunked = llm.new_kv_cache(2, 12), llm.new_kv_cache(2, 12)
     with torch.no_grad():

@@ -138,3 +138,12 @@ def test_refusals_name_what_differs(tmp_path):
         import_llama(source, tmp_path / "c.ckpt")
     with pytest.raises(ConversionError, match="exists; pass --overwrite"):
         import_llama(scaled, tmp_path / "a.ckpt")
+
+
+def test_an_llm_with_smeared_keys_is_refused_by_export(tmp_path):
+    """A Llama has no key-smear gate: exporting one would silently drop it, so the export refuses, writing nothing."""
+    llm = build_backbone("llm", "tiny", **MICRO, key_smear=True)
+    save_backbones(tmp_path / "s.ckpt", {"llm": (llm.config, llm.state_dict())}, {"format": "test"})
+    with pytest.raises(ConversionError, match=r"s.ckpt: its LLM has smeared keys \(key_smear: true\)"):
+        export_llama(tmp_path / "s.ckpt", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -39,8 +39,12 @@ def test_logits_shape_and_tied_head():
     assert micro(tie_embeddings=False).lm_head.weight is not micro(tie_embeddings=False).embed.weight
 
 
-def test_packed_row_equals_documents_alone():
-    llm = micro()
+@pytest.mark.parametrize("key_smear", [False, True])
+def test_packed_row_equals_documents_alone(key_smear):
+    llm = micro(key_smear=key_smear, init_std=0.3)
+    if key_smear:  # a large share, so a key smeared across a document boundary would show
+        for block in llm.blocks:
+            torch.nn.init.constant_(block.attn.smear_logit, 1.0)
     docs = [torch.randint(1, 97, (n,)) for n in (5, 9, 2)]
     packed = torch.cat(docs)[None]  # [1, 16]
     seq_ids = torch.cat([torch.full((len(d),), i) for i, d in enumerate(docs)])[None]
@@ -90,3 +94,20 @@ def test_inputs_embeds_equals_input_ids():
 def test_bad_shapes_fail_clearly():
     with pytest.raises(ValueError, match="not a multiple of n_kv_heads"):
         micro(n_kv_heads=3)
+
+
+def test_smeared_keys_change_the_model_and_train_their_gates():
+    """``key_smear`` adds one gate per key head and layer (an even mix at first); they shape the logits and learn."""
+    plain, smeared = micro(init_std=0.3), micro(init_std=0.3, key_smear=True)
+    gates = [name for name, _ in smeared.named_parameters() if "smear" in name]
+    assert gates == [f"blocks.{i}.attn.smear_logit" for i in range(2)]
+    assert torch.allclose(smeared.blocks[0].attn.smear_logit, torch.zeros(2))
+    assert smeared.num_params() == plain.num_params() + 2 * 2
+    ids = torch.randint(1, 97, (2, 10), generator=torch.Generator().manual_seed(3))
+    smeared.load_state_dict(plain.state_dict(), strict=False)  # same weights; only the smear differs
+    logits = smeared(ids)
+    with torch.no_grad():
+        assert torch.allclose(logits[:, 0], plain(ids)[:, 0], atol=1e-5)  # position 0 has nothing before it
+        assert not torch.allclose(logits[:, 1:], plain(ids)[:, 1:], atol=1e-3)
+    logits.logsumexp(-1).mean().backward()
+    assert smeared.blocks[1].attn.smear_logit.grad.abs().sum() > 0
