@@ -58,8 +58,9 @@ class LLMConfig:
     """Standard deviation of the normal weight init."""
     key_smear: bool = False
     """Smeared keys (``ops/key_smear.py``): each key mixes in the previous position's through a learned gate per key
-    head, so one head can copy what followed an earlier occurrence of a token (an induction head). The tiny demo's
-    passkey needs it (README); a Llama has no such gate, so ``export-llama`` refuses a model that has it."""
+    head, so one head can copy what followed an earlier occurrence of a token (an induction head). Trained with Muon,
+    it lets the tiny preset learn such copying in a few hundred steps (README); a Llama has no such gate, so
+    ``export-llama`` refuses a model that has it."""
     head_dim: int = field(init=False)
     """Per-head width, derived: ``d_model // n_heads``."""
 

@@ -6,9 +6,10 @@ Each key mixes in the key of the position before it through a learned gate per k
 
 so a query can find a position by the token *before* it: "which earlier token followed one like me" takes one head
 instead of a previous-token head feeding an induction head in a later layer. Olsson et al. introduced it to make
-induction heads form in a one-layer model; on this project's tiny preset it is what lets content-matched copying
-(the passkey's capability) form within a CPU demo's budget (README, "Why the passkey stays at 0"). The keys it mixes
-are the rotated ones, so position ``t``'s key keeps ``t - 1``'s rotation in its share.
+induction heads form in a one-layer model; on this project's tiny preset, trained with Muon, it is what lets
+content-matched copying (the passkey's capability) form in a few hundred steps (README, "What makes content-matched
+copying form"). The keys it mixes are the rotated ones, so position ``t``'s key keeps ``t - 1``'s rotation in its
+share.
 """
 
 from __future__ import annotations
