@@ -26,12 +26,18 @@ def seq_ids_from_eod(tokens: Tensor, eod_id: int) -> Tensor:
     return torch.cumsum(is_eod, dim=1) - is_eod  # exclusive cumsum
 
 
+def document_starts(seq_ids: Tensor) -> Tensor:
+    """True where a packed document begins (every row's first position included). ``[B, T] -> [B, T]`` bool."""
+    is_start = torch.ones_like(seq_ids, dtype=torch.bool)
+    is_start[:, 1:] = seq_ids[:, 1:] != seq_ids[:, :-1]
+    return is_start
+
+
 def position_ids_from_seq_ids(seq_ids: Tensor) -> Tensor:
     """Positions that restart at 0 at every document start of a packed row. ``[B, T] -> [B, T]``."""
     _, seq_len = seq_ids.shape
     arange = torch.arange(seq_len, device=seq_ids.device).expand_as(seq_ids)  # [B, T]
-    is_start = torch.ones_like(seq_ids, dtype=torch.bool)
-    is_start[:, 1:] = seq_ids[:, 1:] != seq_ids[:, :-1]
+    is_start = document_starts(seq_ids)
     start_index = torch.where(is_start, arange, torch.zeros_like(arange))
     return arange - torch.cummax(start_index, dim=1).values
 
