@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mm_lightning.models.registry import build_backbone
+from mm_lightning.ops.key_smear import GATE_INIT
 from mm_lightning.optim import OptimizerConfig, build_optimizer
 
 FIRST_ID = 100
@@ -83,6 +84,8 @@ def main(argv: list[str] | None = None) -> dict:
         help="adamw: torch's AdamW; muon: the stages' Muon + AdamW (build_optimizer); no weight decay",
     )
     parser.add_argument("--key-smear", action="store_true", help="smeared keys (LLMConfig.key_smear)")
+    parser.add_argument("--smear-init", type=float, default=GATE_INIT,
+                        help="the smear gates' initial logit (LLMConfig.key_smear_init)")  # fmt: skip
     parser.add_argument("--packed", action="store_true", help="two documents a row, kept apart by seq_ids")
     parser.add_argument("--gap", type=int, default=32, help="most random ids between span and copy (0: none)")
     parser.add_argument("--threads", type=int, default=1)
@@ -93,7 +96,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--half must be at least 4, --steps and --every at least 1, --gap at least 0")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    llm = build_backbone("llm", args.preset, key_smear=args.key_smear)
+    smear = {"key_smear": True, "key_smear_init": args.smear_init} if args.key_smear else {}
+    llm = build_backbone("llm", args.preset, **smear)
     if FIRST_ID + args.span_vocab > llm.config.vocab_size:
         parser.error(f"--span-vocab {args.span_vocab} does not fit the preset's vocabulary ({llm.config.vocab_size})")
     if args.optimizer == "muon":

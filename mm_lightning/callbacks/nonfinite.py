@@ -31,6 +31,12 @@ class NonFiniteLoss(Stopped):
         super().__init__(message, NONFINITE_EXIT_CODE)
 
 
+SPIKE_MIN_HISTORY = 10
+"""Steps of loss history before a spike is judged: with two, a flat start's noise read as 10 standard deviations."""
+SPIKE_STD_FLOOR = 0.01
+"""Least spread assumed, as a share of the mean loss: a loss within a few percent of its window is never a spike."""
+
+
 class NonFiniteGuard(pl.Callback):
     """Stop (or skip a few steps) on non-finite gradients; log loss spikes.
 
@@ -75,10 +81,10 @@ class NonFiniteGuard(pl.Callback):
         value = float(loss.detach())
         if not math.isfinite(value):  # only reachable with the gradient check skipped (a manual optimizer)
             raise NonFiniteLoss(_message(trainer, _pipeline_step(trainer, pl_module), None, "loss"))
-        if len(self._losses) >= 2:
+        if len(self._losses) >= min(SPIKE_MIN_HISTORY, self.spike_window):
             mean = sum(self._losses) / len(self._losses)
             std = math.sqrt(sum((x - mean) ** 2 for x in self._losses) / (len(self._losses) - 1))
-            zscore = (value - mean) / max(std, 1e-8)
+            zscore = (value - mean) / max(std, SPIKE_STD_FLOOR * abs(mean), 1e-8)
             pl_module.log("train/loss_zscore", zscore)
             if zscore > self.spike_zscore:
                 print(f"mm-lightning: loss spike at step {_pipeline_step(trainer, pl_module)}: {value:.4g} is "

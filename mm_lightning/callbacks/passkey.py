@@ -4,9 +4,12 @@ At every validation (the one before training included, which gives the "before" 
 text passkey prompts at several lengths and, optionally, the VLM on long demo clips with one needle frame
 (``mm_lightning.eval.passkey``), and logs ``val/passkey@<length>``, ``val/passkey_video@<frames>`` and their
 chance levels (``val/passkey_chance``: guessing the 5-digit key; ``val/passkey_video_chance``: the 3-digit
-number). It needs a stage with an ``llm`` (every stage, text pre-training too; stage 1 logs it so that stage 5's
-change shows) and, for clips, a ``vlm``, and a datamodule with a ``tokenizer``. Every rank runs the same prompts
-(under FSDP2 the forward passes are collective); the figures are the same on all.
+number). For text it also logs where retrieval breaks: ``val/passkey_first_token@<length>`` and
+``val/passkey_later_tokens@<length>``, the shares of the answers' first tokens and of their later ones that the
+model's top guess gets right given the true ones before it (:func:`~mm_lightning.eval.passkey.passkey_token_hits`:
+the look-up and the copy apart). It needs a stage with an ``llm`` (every stage, text pre-training too; stage 1 logs
+it so that stage 5's change shows) and, for clips, a ``vlm``, and a datamodule with a ``tokenizer``. Every rank runs
+the same prompts (under FSDP2 the forward passes are collective); the figures are the same on all.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from mm_lightning.eval.passkey import (
     passkey_accuracy,
     passkey_chance,
     passkey_metrics,
+    passkey_token_hits,
     video_passkey_accuracy,
 )
 
@@ -59,6 +63,10 @@ class PasskeyEvaluation(pl.Callback):
             accuracy = passkey_accuracy(pl_module.llm, tokenizer, self.lengths, self.prompts,
                                         batch_tokens=self.batch_tokens)  # fmt: skip
             metrics.update(passkey_metrics(accuracy), **{"val/passkey_chance": passkey_chance()})
+            hits = passkey_token_hits(pl_module.llm, tokenizer, self.lengths, self.prompts,
+                                      batch_tokens=self.batch_tokens)  # fmt: skip
+            metrics.update(passkey_metrics({n: first for n, (first, _) in hits.items()}, "val/passkey_first_token"))
+            metrics.update(passkey_metrics({n: later for n, (_, later) in hits.items()}, "val/passkey_later_tokens"))
         if self.frame_counts:
             accuracy = video_passkey_accuracy(pl_module.vlm, tokenizer, self.frame_counts, self.video_prompts)
             chance = {"val/passkey_video_chance": passkey_chance(VIDEO_PASSKEY_DIGITS)}

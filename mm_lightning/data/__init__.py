@@ -2,7 +2,10 @@
 
 Data flows ``raw files -> mm_lightning.prep -> litdata shards -> these datamodules -> stages``:
 
-- :class:`TextDataModule` (``text.py``): packed token rows for text pre-training;
+- :class:`TextDataModule` (``text.py``): packed token rows for text pre-training, a share of them optionally
+  restated (``restated_rows.py``) so that copying from the context pays;
+- :class:`CopyRowsDataModule` (``copy_rows.py``): random spans said twice, the warm-up before text pre-training
+  that forms a copying head;
 - :class:`ImageTextDataModule` (``image_text.py``): native-resolution images packed NaViT style, with captions, for
   the ViT stages;
 - :class:`MixtureDataModule` (``mixture_datamodule.py``): the joint stages' named sources mixed on a share
@@ -22,9 +25,17 @@ name); the sample codecs shared with the offline preparation (images, video, doc
 """
 
 from mm_lightning.data.chat import ChatDataModule
+from mm_lightning.data.copy_rows import CopyRowsDataModule
 from mm_lightning.data.image_text import ImageTextDataModule
 from mm_lightning.data.mixture_datamodule import MixtureDataModule
 from mm_lightning.data.synthetic import SyntheticTextDataModule
 from mm_lightning.data.text import TextDataModule
 
-__all__ = ["ChatDataModule", "ImageTextDataModule", "MixtureDataModule", "SyntheticTextDataModule", "TextDataModule"]
+__all__ = [
+    "ChatDataModule",
+    "CopyRowsDataModule",
+    "ImageTextDataModule",
+    "MixtureDataModule",
+    "SyntheticTextDataModule",
+    "TextDataModule",
+]

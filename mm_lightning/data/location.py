@@ -160,3 +160,26 @@ def read_remote_tokenizer(url: str) -> Tokenizer:
             "or download tokenizer.json and pass tokenizer_path=..."
         ) from err
     return tokenizer_lib.tokenizer_from_str(text, source=url)
+
+
+class LocatedTokenizer:
+    """The tokenizer, vocabulary size and first-use build of a datamodule's ``self.location`` (a mixin)."""
+
+    location: DataLocation
+    _tokenizer: Tokenizer | None = None
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The project tokenizer of the located data (recorded in checkpoints, read by generation and checks)."""
+        if self._tokenizer is None:
+            self._tokenizer = self.location.tokenizer()
+        return self._tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        """The tokenizer's vocabulary size (special tokens included)."""
+        return self.tokenizer.get_vocab_size()
+
+    def prepare_data(self) -> None:
+        """Build a demo and its tokenizer on first use (once per node); prepared folders need nothing."""
+        self.location.prepare()

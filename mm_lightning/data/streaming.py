@@ -28,7 +28,7 @@ import lightning as L
 from litdata import StreamingDataLoader, StreamingDataset
 from tokenizers import Tokenizer
 
-from mm_lightning.data.location import DataLocation
+from mm_lightning.data.location import DataLocation, LocatedTokenizer
 from mm_lightning.data.rank_split import even_loader, split_across_ranks
 from mm_lightning.errors import ConfigError, DataError
 
@@ -128,7 +128,7 @@ class FirstBatches:
         return min(self.limit, len(self.loader))
 
 
-class ShardDataModule(L.LightningDataModule):
+class ShardDataModule(LocatedTokenizer, L.LightningDataModule):
     """Base of the datamodules that stream ``train/`` and ``val/`` litdata splits.
 
     The path resolves through a :class:`~mm_lightning.data.location.DataLocation` of the subclass's ``kind``;
@@ -156,26 +156,14 @@ class ShardDataModule(L.LightningDataModule):
         """Turns a list of items into a batch."""
         raise NotImplementedError
 
+    def train_collate_fn(self) -> Callable[[list[Any]], Any]:
+        """Turns a list of training items into a batch (:meth:`collate_fn` unless training batches differ)."""
+        return self.collate_fn()
+
     @property
     def root(self) -> str:
         """The prepared folder or URL (a demo name resolved to its cache folder, built if needed)."""
         return self.location.root
-
-    @property
-    def tokenizer(self) -> Tokenizer:
-        """The project tokenizer these shards are tokenized with."""
-        if self._tokenizer is None:
-            self._tokenizer = self.location.tokenizer()
-        return self._tokenizer
-
-    @property
-    def vocab_size(self) -> int:
-        """The tokenizer's vocabulary size (special tokens included)."""
-        return self.tokenizer.get_vocab_size()
-
-    def prepare_data(self) -> None:
-        """Build a demo and its tokenizer on first use (once per node); prepared folders need nothing."""
-        self.location.prepare()
 
     def setup(self, stage: str | None = None) -> None:
         """Open the train (shuffled) and val (in order) streams; a chunk of the wrong size is refused here."""
@@ -198,7 +186,7 @@ class ShardDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> ShardLoader:
         """Shuffled, full batches only, as many on every rank."""
-        return even_loader(self._loader(self.train_dataset, drop_last=True), "train")
+        return even_loader(self._loader(self.train_dataset, drop_last=True, train=True), "train")
 
     def val_dataloader(self) -> ShardLoader | FirstBatches:
         """In order; the first ``val_batches`` batches when that is set. Split across ranks, full batches only, as
@@ -215,10 +203,10 @@ class ShardDataModule(L.LightningDataModule):
         """The val split as validation reads it (:meth:`val_dataloader`): in order, as many batches on every rank."""
         return self.val_dataloader()
 
-    def _loader(self, dataset: StreamingDataset | None, drop_last: bool) -> ShardLoader:
+    def _loader(self, dataset: StreamingDataset | None, drop_last: bool, train: bool = False) -> ShardLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for a dataloader")
         return ShardLoader(
             dataset, batch_size=self.batch_size, num_workers=self.num_workers, drop_last=drop_last,
-            collate_fn=self.collate_fn(),
+            collate_fn=self.train_collate_fn() if train else self.collate_fn(),
         )  # fmt: skip

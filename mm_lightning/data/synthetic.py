@@ -52,17 +52,22 @@ class SyntheticTextDataModule(pl.LightningDataModule):
         self.val_set = SyntheticTextDataset(max(1, num_rows // 4), seq_len, vocab_size, mean_doc_len, seed + 1)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, drop_last=True)
+        return ordered_loader(self.train_set, self.batch_size, self.trainer, eod_id=0, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, drop_last=False)
+        return ordered_loader(self.val_set, self.batch_size, self.trainer, eod_id=0, drop_last=False)
 
-    def _loader(self, dataset: Dataset, drop_last: bool) -> DataLoader:
-        # In order, and split across data-parallel ranks by index (rank r takes rows r, r + world, ...), so that
-        # N processes with batch b see, step by step, the rows one process with batch N * b sees.
-        sampler = None
-        if self.trainer is not None and self.trainer.world_size > 1:
-            kwargs = self.trainer.strategy.distributed_sampler_kwargs
-            sampler = DistributedSampler(dataset, **kwargs, shuffle=False, drop_last=drop_last)
-        collate = partial(collate_token_blocks, eod_id=0)
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=drop_last, collate_fn=collate)
+
+def ordered_loader(dataset: Dataset, batch_size: int, trainer: pl.Trainer | None, eod_id: int,
+                   drop_last: bool) -> DataLoader:  # fmt: skip
+    """Rows of ``dataset`` in order as next-token batches, split across data-parallel ranks by index.
+
+    Rank ``r`` takes rows ``r, r + world, ...``, so that N processes with batch ``b`` see, step by step, the rows
+    one process with batch ``N * b`` sees.
+    """
+    sampler = None
+    if trainer is not None and trainer.world_size > 1:
+        kwargs = trainer.strategy.distributed_sampler_kwargs
+        sampler = DistributedSampler(dataset, **kwargs, shuffle=False, drop_last=drop_last)
+    collate = partial(collate_token_blocks, eod_id=eod_id)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, collate_fn=collate)

@@ -24,6 +24,7 @@ from litdata import StreamingDataset, TokensLoader
 from torch import Tensor
 
 from mm_lightning import tokenizer as tokenizer_lib
+from mm_lightning.data.restated_rows import check_restating, restate_opening
 from mm_lightning.data.streaming import ShardDataModule
 from mm_lightning.ops.packing import position_ids_from_seq_ids, seq_ids_from_eod
 
@@ -50,6 +51,10 @@ def collate_token_blocks(rows: list[Tensor], eod_id: int) -> dict[str, Tensor]:
     }
 
 
+def _collate_restated(rows: list[Tensor], eod_id: int, share: float, span: tuple[int, int], seed: int) -> dict:
+    return collate_token_blocks([restate_opening(row, share, span, seed) for row in rows], eod_id)
+
+
 class TextDataModule(ShardDataModule):
     """Packed token batches for text pre-training, streamed with litdata.
 
@@ -67,6 +72,10 @@ class TextDataModule(ShardDataModule):
         val_batches: validate on the first this many batches of ``val`` only (all of it when ``None``).
         tokenizer_path: a local ``tokenizer.json`` to use instead of ``data_path/tokenizer.json`` (for a remote
             ``data_path`` whose filesystem fsspec cannot open here).
+        repeat_share: share of training rows that say their opening span again
+            (:mod:`~mm_lightning.data.restated_rows`: text that rewards copying from the context); validation rows
+            never do.
+        repeat_span: fewest and most tokens a restated row repeats (at most half a row).
     """
 
     kind = "text"
@@ -81,10 +90,14 @@ class TextDataModule(ShardDataModule):
         cache_dir: str | None = None,
         val_batches: int | None = None,
         tokenizer_path: str | None = None,
+        repeat_share: float = 0.0,
+        repeat_span: tuple[int, int] = (32, 128),
     ):
         super().__init__(data_path, batch_size, num_workers, seed, val_batches, tokenizer_path, cache_dir)
         self.save_hyperparameters()
         self.seq_len = seq_len
+        self.repeat_share, self.repeat_span = repeat_share, (int(repeat_span[0]), int(repeat_span[1]))
+        check_restating(self.repeat_share, self.repeat_span, seq_len)
 
     @property
     def eod_id(self) -> int:
@@ -96,6 +109,12 @@ class TextDataModule(ShardDataModule):
 
     def collate_fn(self) -> Callable[[list[Tensor]], dict[str, Tensor]]:
         return partial(collate_token_blocks, eod_id=self.eod_id)
+
+    def train_collate_fn(self) -> Callable[[list[Tensor]], dict[str, Tensor]]:
+        if not self.repeat_share:
+            return self.collate_fn()
+        return partial(_collate_restated, eod_id=self.eod_id, share=self.repeat_share, span=self.repeat_span,
+                       seed=self.seed)  # fmt: skip
 
     def setup(self, stage: str | None = None) -> None:
         """Open the streams, refusing sizes that would give no batches."""

@@ -201,6 +201,53 @@ def passkey_accuracy(
     return results
 
 
+@torch.no_grad()
+def passkey_token_hits(
+    model: torch.nn.Module,
+    tokenizer,
+    lengths: Sequence[int],
+    prompts: int = DEFAULT_PROMPTS,
+    seed: int = 0,
+    batch_tokens: int = BATCH_TOKENS,
+) -> dict[int, tuple[float, float]]:
+    """Where retrieval breaks: the share of answer tokens the model's top guess gets right, each given the true ones
+    before it (teacher forcing), for the answer's first token and for its later ones apart.
+
+    A passkey passes only when every token of it comes out right, so accuracy stays 0 while a model copies all but
+    one: a model whose copying matches on the one token before the answer (``"er"`` of ``" locker"``, which the
+    prompt also holds before ``" number"`` and ``" holds"``) misses the first token of every key and copies the
+    rest once given it. The later tokens are the copy; the first is the look-up.
+
+    Returns:
+        ``{length: (first-token share, later-token share)}``, both in [0, 1]; the later share is NaN when no
+        answer has a second token.
+    """
+    results = {}
+    device = next(model.parameters()).device
+    with evaluating(model):
+        for length in lengths:
+            by_answer: dict[int, list[PasskeyPrompt]] = {}  # prompts by answer tokens: one tensor per batch
+            for prompt in build_passkey_prompts(tokenizer, length, prompts, seed):
+                by_answer.setdefault(len(prompt.answer_ids), []).append(prompt)
+            first: list[bool] = []
+            later: list[bool] = []
+            for size, group in sorted(by_answer.items()):
+                answered = slice(-size - 1, -1)  # the positions whose next token is an answer token
+                rows = max(1, batch_tokens // (length + size))
+                for start in range(0, len(group), rows):
+                    chunk = group[start : start + rows]
+                    ids = torch.tensor([p.token_ids + p.answer_ids for p in chunk], device=device)
+                    with _projected_positions(model, answered):
+                        logits = model(input_ids=ids)
+                    if logits.shape[1] != size:  # a model without an lm_head to project fewer positions
+                        logits = logits[:, answered]
+                    for prompt, guess in zip(chunk, logits.argmax(-1).tolist()):
+                        first.append(guess[0] == prompt.answer_ids[0])
+                        later += [g == a for g, a in zip(guess[1:], prompt.answer_ids[1:])]
+            results[length] = (sum(first) / len(first), sum(later) / len(later) if later else float("nan"))
+    return results
+
+
 def _decode_hits(model: torch.nn.Module, tokenizer, prompts: list[PasskeyPrompt], device: torch.device) -> list[bool]:
     """Whether greedy decoding retrieves each prompt's passkey (the prompts share one length)."""
     input_ids = torch.tensor([p.token_ids for p in prompts], device=device)  # [B, length]
@@ -208,16 +255,21 @@ def _decode_hits(model: torch.nn.Module, tokenizer, prompts: list[PasskeyPrompt]
     return [_retrieved(tokenizer, row.tolist(), p.passkey) for row, p in zip(new, prompts)]
 
 
-@contextmanager
-def _last_position_logits(model: torch.nn.Module) -> Iterator[None]:
+def _last_position_logits(model: torch.nn.Module):
     """For the block, the model's ``lm_head`` (if any) projects the last position only.
 
     Greedy decoding reads the last position's logits alone; the prompt's others would be ``[B, T, vocab]`` (1 GB
     for 30 prompts of 1,024 tokens and 8,192 words) and a third of the time. The model's own ``forward`` still runs,
     so FSDP2's hooks gather its weights as in training.
     """
+    return _projected_positions(model, slice(-1, None))
+
+
+@contextmanager
+def _projected_positions(model: torch.nn.Module, positions: slice) -> Iterator[None]:
+    """For the block, the model's ``lm_head`` (if any) projects ``positions`` of the sequence only."""
     head = getattr(model, "lm_head", None)
-    handle = head.register_forward_pre_hook(lambda _, args: (args[0][:, -1:],)) if head is not None else None
+    handle = head.register_forward_pre_hook(lambda _, args: (args[0][:, positions],)) if head is not None else None
     try:
         yield
     finally:

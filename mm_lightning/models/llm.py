@@ -61,6 +61,8 @@ class LLMConfig:
     head, so one head can copy what followed an earlier occurrence of a token (an induction head). Trained with Muon,
     it lets the tiny preset learn such copying in a few hundred steps (README); a Llama has no such gate, so
     ``export-llama`` refuses a model that has it."""
+    key_smear_init: float = GATE_INIT
+    """The smear gates' initial logit: ``sigmoid`` of it is each key's initial share of its predecessor's key."""
     head_dim: int = field(init=False)
     """Per-head width, derived: ``d_model // n_heads``."""
 
@@ -127,7 +129,9 @@ class Attention(nn.Module):
         qkv_width = (config.n_heads + 2 * config.n_kv_heads) * config.head_dim
         self.qkv = nn.Linear(config.d_model, qkv_width, bias=False)
         self.proj = nn.Linear(config.n_heads * config.head_dim, config.d_model, bias=False)
-        self.smear_logit = nn.Parameter(torch.full((config.n_kv_heads,), GATE_INIT)) if config.key_smear else None
+        self.smear_logit = (
+            nn.Parameter(torch.full((config.n_kv_heads,), config.key_smear_init)) if config.key_smear else None
+        )
 
     def forward(
         self,
@@ -216,7 +220,7 @@ class LLM(nn.Module):
         std = self.config.init_std
         for name, param in self.named_parameters():
             if name.endswith("smear_logit"):
-                nn.init.constant_(param, GATE_INIT)
+                nn.init.constant_(param, self.config.key_smear_init)
             elif param.dim() < 2:
                 nn.init.ones_(param)  # RMSNorm gains
             elif name.endswith(("attn.proj.weight", "mlp.down.weight")):

@@ -11,7 +11,8 @@ its chance or baseline and, where the stage should move it, its start:
   mismatched images minus with the right ones) above :data:`MIN_IMAGE_USE_GAP` nats per token, and greedy
   captions naming the background colour and at least one emoji of the scene more often than chance;
 - a stage that lengthens the context (longer rows or another RoPE base than the stage before it): passkey
-  accuracy at its longest length above its start.
+  accuracy at its longest length above its start (beside it, where it breaks: the shares of the answers' first
+  tokens and of their later ones guessed right given the true ones before).
 
 Figures no check judges (recall@5, all-emoji accuracy, passkey at other lengths or in other stages) are listed
 beside the checks for context. A stage with no check (text pre-training) is judged by its headline metric alone.
@@ -154,7 +155,11 @@ def passkey_checks(start: Metrics, final: Metrics, extends_context: bool) -> lis
         judged = extends_context and length == lengths[-1]
         failure = "the longer context did not improve retrieval from it"
         bars = _bars(_above_start(start.get(tag), failure)) if judged else ()
-        references = _present(("chance", final.get("val/passkey_chance")), ("start", start.get(tag)))
+        references = _present(
+            ("chance", final.get("val/passkey_chance")), ("start", start.get(tag)),
+            ("first token", final.get(f"val/passkey_first_token@{length}")),
+            ("later tokens", final.get(f"val/passkey_later_tokens@{length}")),
+        )  # fmt: skip
         checks.append(Check(f"passkey@{length}", final[tag], references, bars))
     return checks
 

@@ -31,6 +31,7 @@ from mm_lightning.eval.passkey import (
     passkey_accuracy,
     passkey_chance,
     passkey_metrics,
+    passkey_token_hits,
     template_sentences,
     video_passkey_accuracy,
 )
@@ -134,6 +135,38 @@ def test_passkey_accuracy_counts_a_model_that_answers_whatever_the_batching(tok)
     assert passkey_accuracy(oracle, tok, [150], prompts=3, batch_tokens=150) == {150: pytest.approx(1 / 3)}
 
 
+class NextInput(torch.nn.Module):
+    """Guesses, at each position, the token that comes next in its input, except before tokens in ``blind``.
+
+    Fed a prompt followed by its answer, it knows every answer token; blind to the first ones (a space and digits,
+    ``"Ġ4"``) it fails the look-up and still "copies" the rest, as a model that matches on one token would.
+    """
+
+    def __init__(self, vocab: int, blind: set[int] = frozenset()):
+        super().__init__()
+        self.vocab, self.blind, self.weight = vocab, blind, torch.nn.Parameter(torch.zeros(1))
+        self.lm_head = torch.nn.Identity()  # so the scorer projects the answer positions only, as on an LLM
+
+    def forward(self, input_ids=None, **_):
+        following = torch.cat([input_ids[:, 1:], input_ids[:, -1:]], 1)  # [B, T]
+        logits = torch.nn.functional.one_hot(following, self.vocab).float()
+        logits[..., 0] += 2.0 * torch.tensor([[t in self.blind for t in row] for row in following.tolist()])
+        return self.lm_head(logits)
+
+
+def test_passkey_token_hits_tell_the_look_up_from_the_copy(tok):
+    prompts = build_passkey_prompts(tok, 200, count=6)
+    firsts = {p.answer_ids[0] for p in prompts}
+    assert all(len(p.answer_ids) >= 2 for p in prompts)  # each answer has later tokens to copy
+    assert passkey_token_hits(NextInput(400), tok, [200], prompts=6) == {200: (1.0, 1.0)}
+    blind = NextInput(400, blind=firsts - {a for p in prompts for a in p.answer_ids[1:]})
+    first, later = passkey_token_hits(blind, tok, [200], prompts=6, batch_tokens=200)[200]
+    assert first == 0.0 and later == 1.0
+    torch.manual_seed(0)
+    hits = passkey_token_hits(build_backbone("llm", "tiny", n_layers=1), tok, [128], prompts=3)
+    assert set(hits) == {128} and all(0.0 <= share <= 1.0 for share in hits[128])
+
+
 def test_video_passkey_hides_one_number_frame(tok):
     prompt = build_video_passkey(tok, num_frames=12, depth=0.5, seed=3, max_patches_per_frame=16)
     sample = prompt.sample
@@ -161,7 +194,8 @@ def test_passkey_callback_logs_each_validation_and_the_starting_one(tok):
     )
     ((metrics, headline),) = reported
     assert headline == "val/passkey@128"
-    assert set(metrics) == {"val/passkey@128", "val/passkey_chance", "val/passkey_video@4", "val/passkey_video_chance"}
+    assert set(metrics) == {"val/passkey@128", "val/passkey_chance", "val/passkey_video@4", "val/passkey_video_chance",
+                            "val/passkey_first_token@128", "val/passkey_later_tokens@128"}  # fmt: skip
     assert all(0.0 <= v <= 1.0 for v in metrics.values())
     assert metrics["val/passkey_video_chance"] == pytest.approx(1 / 900)
     assert PasskeyEvaluation().prompts == 30

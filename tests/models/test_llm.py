@@ -5,6 +5,7 @@ import torch
 
 from mm_lightning import build_backbone
 from mm_lightning.models import LLM
+from mm_lightning.ops.key_smear import GATE_INIT
 
 
 def micro(**overrides) -> LLM:
@@ -97,11 +98,13 @@ def test_bad_shapes_fail_clearly():
 
 
 def test_smeared_keys_change_the_model_and_train_their_gates():
-    """``key_smear`` adds one gate per key head and layer (an even mix at first); they shape the logits and learn."""
+    """``key_smear`` adds one gate per key head and layer (mostly the predecessor's key at first, or
+    ``key_smear_init``); they shape the logits and learn."""
     plain, smeared = micro(init_std=0.3), micro(init_std=0.3, key_smear=True)
     gates = [name for name, _ in smeared.named_parameters() if "smear" in name]
     assert gates == [f"blocks.{i}.attn.smear_logit" for i in range(2)]
-    assert torch.allclose(smeared.blocks[0].attn.smear_logit, torch.zeros(2))
+    assert torch.allclose(smeared.blocks[0].attn.smear_logit, torch.full((2,), GATE_INIT))
+    assert torch.allclose(micro(key_smear=True, key_smear_init=-1.5).blocks[1].attn.smear_logit, torch.full((2,), -1.5))
     assert smeared.num_params() == plain.num_params() + 2 * 2
     ids = torch.randint(1, 97, (2, 10), generator=torch.Generator().manual_seed(3))
     smeared.load_state_dict(plain.state_dict(), strict=False)  # same weights; only the smear differs

@@ -96,6 +96,10 @@ def test_passkey_is_judged_at_the_longest_length_only_where_the_context_grows():
         "FAIL passkey@1024 0 (chance 1e-05, start 0; needs > start): the longer context did not improve retrieval "
         "from it"
     )
+    final |= {"val/passkey_first_token@1024": 0.0, "val/passkey_later_tokens@1024": 0.53}  # where it breaks
+    long_checks = pipeline_checks([text, cooldown, entry("long", start, final, seq_len=1024, rope_base=80000)])[2]
+    assert [check.label for check in long_checks] == ["passkey@256", "passkey@1024"]  # no checks of their own
+    assert long_checks[1].references == (("chance", 1e-5), ("start", 0.0), ("first token", 0.0), ("later tokens", 0.53))
 
 
 def test_totals_count_checked_stages_and_name_the_failing_checks():

@@ -1,0 +1,98 @@
+"""Copy rows: random token spans said twice, the warm-up that lets a small LLM learn to copy from its context.
+
+Natural text rewards copying too weakly for a 5M-parameter LLM to learn it in the demo's 1-2M tokens: no head learns
+to find an earlier occurrence of the current token and predict what followed it (an induction head, Olsson et al.
+2022). On rows where a random span comes back after a random gap, copying is the only way to predict the repeat, and
+with smeared keys and Muon (``key_smear``; README, "What makes content-matched copying form") the head forms in a few
+hundred steps. A short stage on these rows before text pre-training (``configs/text_pretrain/tiny_copy_warmup.yaml``)
+gives the text stage a head to keep; the text stage then keeps it with restated rows
+(:mod:`~mm_lightning.data.restated_rows`).
+
+Each document is ``[s, g, s, <|endoftext|>]``: a span ``s`` of ``span`` ids drawn uniformly from the tokenizer's
+ordinary tokens, ``0..gap`` random ids ``g`` (drawn per document, so the distance to the copy varies and a head
+that only looks a fixed distance back cannot solve it), and ``s`` again. Documents are packed back to back, the
+last one cut at the row's end. Row ``i`` is a pure function of ``(seed, i)``: every rank and a resumed run see the
+same rows. The tokenizer is a text corpus's (``tokenizer_from``), so the checkpoint records the vocabulary the text
+stage after it reads, and the passkey check can run here too.
+"""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from mm_lightning import tokenizer as tokenizer_lib
+from mm_lightning.data.location import DataLocation, LocatedTokenizer
+from mm_lightning.data.synthetic import ordered_loader
+from mm_lightning.errors import ConfigError
+
+
+class CopyRowsDataset(Dataset):
+    """``num_rows`` rows of ``seq_len + 1`` tokens, each packed with ``[s, g, s, EOD]`` documents."""
+
+    def __init__(self, num_rows: int, seq_len: int, span: int, gap: int, ids: tuple[int, int], eod_id: int,
+                 seed: int) -> None:  # fmt: skip
+        self.num_rows, self.seq_len, self.span, self.gap = num_rows, seq_len, span, gap
+        self.ids, self.eod_id, self.seed = ids, eod_id, seed
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def __getitem__(self, index: int) -> Tensor:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        low, high = self.ids
+        documents = []
+        while sum(len(d) for d in documents) < self.seq_len + 1:
+            span = torch.randint(low, high, (self.span,), generator=generator)
+            gap = torch.randint(low, high, (int(torch.randint(0, self.gap + 1, (1,), generator=generator)),),
+                                generator=generator)  # fmt: skip
+            documents.append(torch.cat([span, gap, span, torch.tensor([self.eod_id])]))
+        return torch.cat(documents)[: self.seq_len + 1]  # [T + 1]
+
+
+class CopyRowsDataModule(LocatedTokenizer, pl.LightningDataModule):
+    """Copy rows in the batch layout of :class:`~mm_lightning.data.TextDataModule`, with a text corpus's tokenizer.
+
+    Args:
+        tokenizer_from: the text corpus whose tokenizer gives the vocabulary (a demo name such as
+            ``"demo:sotu-captions"``, built on first use, or a prepared folder).
+        seq_len: tokens per row.
+        batch_size: rows per batch (per process).
+        span: tokens of each span said twice.
+        gap: most random tokens between a span and its repeat.
+        num_rows: training rows (validation has ``val_rows``, other seeds); row ``i`` depends on ``(seed, i)`` only.
+        val_rows: validation rows.
+        seed: base seed.
+    """
+
+    def __init__(self, tokenizer_from: str = "demo:sotu-captions", seq_len: int = 256, batch_size: int = 8,
+                 span: int = 32, gap: int = 32, num_rows: int = 1 << 16, val_rows: int = 64,
+                 seed: int = 0) -> None:  # fmt: skip
+        super().__init__()
+        if span < 1 or gap < 0 or seq_len < 2 * span + 1 or min(num_rows, val_rows, batch_size) < 1:
+            raise ConfigError(
+                "CopyRowsDataModule needs span >= 1, gap >= 0, seq_len >= 2 * span + 1 and at least one row and "
+                f"batch, got span={span}, gap={gap}, seq_len={seq_len}, num_rows={num_rows}, val_rows={val_rows}, "
+                f"batch_size={batch_size}"
+            )
+        self.save_hyperparameters()
+        self.location = DataLocation(tokenizer_from, "text", None, None)
+        self.seq_len, self.batch_size, self.span, self.gap = seq_len, batch_size, span, gap
+        self.num_rows, self.val_rows, self.seed = num_rows, val_rows, seed
+
+    def setup(self, stage: str | None = None) -> None:
+        """The rows: spans of the tokenizer's ordinary ids (its special tokens never appear in a span)."""
+        ids = (len(tokenizer_lib.SPECIAL_TOKENS), self.vocab_size)
+        eod = tokenizer_lib.eod_id(self.tokenizer)
+        self.train_set = CopyRowsDataset(self.num_rows, self.seq_len, self.span, self.gap, ids, eod, self.seed)
+        self.val_set = CopyRowsDataset(self.val_rows, self.seq_len, self.span, self.gap, ids, eod, self.seed + 1)
+
+    def train_dataloader(self) -> DataLoader:
+        return ordered_loader(self.train_set, self.batch_size, self.trainer, tokenizer_lib.eod_id(self.tokenizer),
+                              drop_last=True)  # fmt: skip
+
+    def val_dataloader(self) -> DataLoader:
+        return ordered_loader(self.val_set, self.batch_size, self.trainer, tokenizer_lib.eod_id(self.tokenizer),
+                              drop_last=False)  # fmt: skip

@@ -1,0 +1,59 @@
+"""Copy rows: random spans said twice after a random gap, in the text batch layout, with a text corpus's tokenizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mm_lightning.data import CopyRowsDataModule
+from mm_lightning.data.copy_rows import CopyRowsDataset
+from mm_lightning.errors import ConfigError
+from mm_lightning.tokenizer import SPECIAL_TOKENS
+
+
+def _documents(row: torch.Tensor, eod: int) -> list[list[int]]:
+    parts, current = [], []
+    for token in row.tolist():
+        if token == eod:
+            parts.append(current)
+            current = []
+        else:
+            current.append(token)
+    return parts  # whole documents only (the row's last, cut one, is left out)
+
+
+def test_each_document_is_a_span_a_gap_and_the_span_again() -> None:
+    dataset = CopyRowsDataset(num_rows=50, seq_len=256, span=16, gap=12, ids=(5, 400), eod_id=0, seed=1)
+    gaps = set()
+    for index in range(len(dataset)):
+        row = dataset[index]
+        assert row.shape == (257,) and torch.equal(row, dataset[index])  # a pure function of the index
+        for document in _documents(row, eod=0):
+            assert 32 <= len(document) <= 44 and document[:16] == document[-16:]
+            assert all(5 <= token < 400 for token in document)
+            gaps.add(len(document) - 32)
+    assert gaps == set(range(13))  # the distance to the copy varies: a fixed look-back cannot solve the rows
+    other = CopyRowsDataset(num_rows=1, seq_len=256, span=16, gap=12, ids=(5, 400), eod_id=0, seed=2)
+    assert not torch.equal(other[0], dataset[0])
+
+
+def test_datamodule_batches_with_the_corpus_tokenizer(demo_sotu: Path) -> None:
+    dm = CopyRowsDataModule(tokenizer_from="demo:sotu", seq_len=128, batch_size=4, span=16, gap=8, val_rows=6)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.vocab_size == dm.tokenizer.get_vocab_size() == 8192
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch) == {"input_ids", "labels", "seq_ids", "position_ids"} and batch["input_ids"].shape == (4, 128)
+    assert torch.equal(batch["labels"][:, :-1], batch["input_ids"][:, 1:])
+    ordinary = batch["input_ids"][batch["input_ids"] != 0]
+    assert ordinary.min() >= len(SPECIAL_TOKENS) and ordinary.max() < 8192
+    assert batch["seq_ids"][:, -1].min() >= 2  # three or more documents a row, attention kept inside each
+    assert [b["input_ids"].shape[0] for b in dm.val_dataloader()] == [4, 2]
+
+
+@pytest.mark.parametrize("bad", [{"span": 0}, {"gap": -1}, {"seq_len": 20, "span": 10}, {"val_rows": 0}])
+def test_bad_shapes_are_refused(bad: dict) -> None:
+    with pytest.raises(ConfigError, match="CopyRowsDataModule needs"):
+        CopyRowsDataModule(**bad)
