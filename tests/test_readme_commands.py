@@ -65,6 +65,12 @@ RUN = {  # README command -> the arguments appended to shorten it ("": exactly a
     "mm-lightning fit --config configs/text_pretrain/tiny.yaml --trainer.max_steps 600 --model.init_args.llm_overrides"
     " '{n_layers: 6}' --trainer.logger.init_args.name text_6_layers": FIT,
     "mm-lightning fit --config configs/text_pretrain/tiny.yaml --config configs/text_pretrain/fsdp2_cpu.yaml": FIT,
+    # the copy warm-up (copy rows have no workers), then stage 1 from its last.ckpt
+    "mm-lightning fit --config configs/text_pretrain/tiny_copy_warmup.yaml": (
+        "--trainer.max_steps 2 --trainer.limit_val_batches 0"
+    ),
+    "mm-lightning fit --config configs/text_pretrain/tiny.yaml --config configs/text_pretrain/tiny_captions.yaml"
+    " --config configs/text_pretrain/tiny_copy.yaml": FIT,
     "mm-lightning fit --help": "",
     "mm-lightning --help": "",
     "mm-lightning prepare text my_corpus/ -o data/my_text --vocab-size 32768": "",
