@@ -26,7 +26,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -214,9 +214,9 @@ def passkey_token_hits(
     before it (teacher forcing), for the answer's first token and for its later ones apart.
 
     A passkey passes only when every token of it comes out right, so accuracy stays 0 while a model copies all but
-    one: a model whose copying matches on the one token before the answer (``"er"`` of ``" locker"``, which the
-    prompt also holds before ``" number"`` and ``" holds"``) misses the first token of every key and copies the
-    rest once given it. The later tokens are the copy; the first is the look-up.
+    one: a model whose copying matches the one token before the answer (``er``, the end of `` locker``, which the
+    prompt holds three more times) can miss the first token of every key and copy the rest once given it. The later
+    tokens are the copy; the first is the look-up.
 
     Returns:
         ``{length: (first-token share, later-token share)}``, both in [0, 1]; the later share is NaN when no
@@ -255,7 +255,7 @@ def _decode_hits(model: torch.nn.Module, tokenizer, prompts: list[PasskeyPrompt]
     return [_retrieved(tokenizer, row.tolist(), p.passkey) for row, p in zip(new, prompts)]
 
 
-def _last_position_logits(model: torch.nn.Module):
+def _last_position_logits(model: torch.nn.Module) -> AbstractContextManager[None]:
     """For the block, the model's ``lm_head`` (if any) projects the last position only.
 
     Greedy decoding reads the last position's logits alone; the prompt's others would be ``[B, T, vocab]`` (1 GB

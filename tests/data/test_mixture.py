@@ -28,6 +28,8 @@ from mm_lightning.data.mixture.plan import (
 from mm_lightning.data.mixture.sources import (
     SourceContext,
     SourceSpec,
+    TextTokenSource,
+    build_source,
     register_source,
     source_kind,
 )
@@ -421,6 +423,24 @@ def test_real_text_and_image_text_sources(prepared: Path) -> None:
     assert all(v["patches"] is None and not v["sample_multimodal"].any() for v in text_val)
     assert all(v["sample_multimodal"].all() for v in mm_val)
     assert_same_batches(text_val + mm_val, [b for loader in dm.val_dataloader() for b in loader])
+
+
+def test_a_text_source_restates_training_blocks_only(prepared: Path) -> None:
+    def text_source(split: str, **options) -> TextTokenSource:
+        spec = SourceSpec.from_config({"name": "text", "kind": "text", "path": str(prepared / "text"), "text_len": 33,
+                                       **options})  # fmt: skip
+        return build_source(spec, SourceContext(split, seed=1, seq_len=64, patch_size=14, max_patches=16))
+
+    plain, restated = text_source("train"), text_source("train", repeat_share=1.0, repeat_span=[4, 16])
+    for k in range(6):
+        block, said_again = plain.sample(k).token_ids, restated.sample(k).token_ids
+        cut = next(m for m in range(4, 17) if said_again == block[:m] + block[: 33 - m])  # StopIteration: not one
+        assert 4 <= cut <= 16
+    assert [text_source("val", repeat_share=1.0).sample(k).token_ids for k in range(3)] == [
+        text_source("val").sample(k).token_ids for k in range(3)
+    ]  # validation text stays the corpus's
+    with pytest.raises(ConfigError, match="source 'text': repeat_span"):
+        text_source("train", repeat_share=0.5, repeat_span=[4, 17])
 
 
 def test_yaml_config_builds_the_datamodule() -> None:

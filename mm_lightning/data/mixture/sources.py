@@ -21,6 +21,7 @@ from mm_lightning.data.image_text import ImageTextTransform
 from mm_lightning.data.location import DataLocation
 from mm_lightning.data.mixture.long_sources import open_long_source
 from mm_lightning.data.mixture.plan import MixtureSource, epoch_item
+from mm_lightning.data.restated_rows import check_restating, restate_opening
 from mm_lightning.demo import demo_tokenizer
 from mm_lightning.errors import ConfigError
 from mm_lightning.media.interleave import MixSample
@@ -146,25 +147,40 @@ class TextTokenSource(_StreamSource):
     """Blocks of ``text_len`` tokens of a litdata token stream (``data_prep/prepare_text.py``'s shards).
 
     A block may hold several documents, each ended by EOD (the packing starts a new document after it), or a piece
-    of one; every token is a target. Blocks never span two chunks (litdata's ``TokensLoader``).
+    of one; every token is a target. Blocks never span two chunks (litdata's ``TokensLoader``). With a
+    ``repeat_share``, that share of the blocks say their opening span again (:mod:`~mm_lightning.data.restated_rows`).
     """
 
     multimodal = False
 
+    def __init__(self, name: str, dataset: Any, tokenizer: Any, seed: int, shuffle: bool, repeat_share: float = 0.0,
+                 repeat_span: tuple[int, int] = (32, 128)):  # fmt: skip
+        super().__init__(name, dataset, tokenizer, seed, shuffle)
+        self.repeat_share, self.repeat_span = repeat_share, repeat_span
+
     def sample(self, k: int) -> MixSample:
-        return MixSample(token_ids=self.item(k).tolist(), images=[], source=self.name)
+        block = restate_opening(self.item(k), self.repeat_share, self.repeat_span, self.seed)
+        return MixSample(token_ids=block.tolist(), images=[], source=self.name)
 
 
 @register_source("text", multimodal=False)
 def build_text_source(spec: SourceSpec, context: SourceContext) -> TextTokenSource:
-    """Options: ``text_len`` (tokens per block, default ``seq_len + 1``), ``tokenizer_path``."""
-    _check_options(spec, ("text_len", "tokenizer_path"))
+    """Options: ``text_len`` (tokens per block, default ``seq_len + 1``), ``tokenizer_path``, ``repeat_share`` and
+    ``repeat_span`` (training blocks that say their opening again, as ``TextDataModule``'s; never in ``val``)."""
+    _check_options(spec, ("text_len", "tokenizer_path", "repeat_share", "repeat_span"))
     text_len = int(spec.options.get("text_len", context.seq_len + 1))
     if text_len < 2:
         raise ConfigError(f"source {spec.name!r}: text_len={text_len} must be at least 2")
+    share = float(spec.options.get("repeat_share", 0.0)) if context.split == "train" else 0.0
+    low, high = spec.options.get("repeat_span", (32, 128))
+    try:
+        check_restating(share, (int(low), int(high)), text_len - 1)
+    except ConfigError as error:
+        raise ConfigError(f"source {spec.name!r}: {error}") from None
     location = DataLocation(spec.path, "text", spec.options.get("tokenizer_path"), context.cache_dir)
     dataset = _open_split(location, context, item_loader=TokensLoader(block_size=text_len))
-    return TextTokenSource(spec.name, dataset, location.tokenizer(), context.seed, context.split == "train")
+    return TextTokenSource(spec.name, dataset, location.tokenizer(), context.seed, context.split == "train", share,
+                           (int(low), int(high)))  # fmt: skip
 
 
 class ImageTextSource(_StreamSource):
