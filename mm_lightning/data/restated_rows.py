@@ -1,9 +1,12 @@
 """Restated rows: training rows that say their opening span again, so that copying from the context pays.
 
 A tiny LLM trained on the demo corpus learns its words, not to copy: the text rarely repeats itself within a row, and
-at 1-2M tokens no head learns to look an earlier occurrence up (issue 12; README, "What makes content-matched copying
-form"). Web text restates itself often (a quote, a summary, a list used again), which is what teaches large models to
-copy. :func:`restate_opening` makes a share of training rows do it: a row ``t`` of ``T + 1`` tokens becomes
+at 1-2M tokens no head learns to look an earlier occurrence up (issue 12; README, "A copy warm-up, then restated
+rows"). Restated rows do not form such a head either; they keep the one a copy warm-up formed
+(:mod:`~mm_lightning.data.copy_rows`), which plain text erases within ~150 steps. Web text restates itself often (a
+quote, a summary, a list used again), presumably part of what teaches large models to copy.
+
+:func:`restate_opening` makes a share of training rows do it: a row ``t`` of ``T + 1`` tokens becomes
 ``t[:m] + t[:T + 1 - m]`` (its first ``m`` tokens, then the row again from its start), so the ``m`` tokens after the
 cut are predictable only by finding where they were said and copying what followed, at a distance of ``m``. The rest
 of the row is the corpus's own text: the word statistics a stage learns are the corpus's.
