@@ -43,12 +43,13 @@ class CopyRowsDataset(Dataset):
     def __getitem__(self, index: int) -> Tensor:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
         low, high = self.ids
-        documents = []
-        while sum(len(d) for d in documents) < self.seq_len + 1:
+        documents, length = [], 0
+        while length < self.seq_len + 1:
             span = torch.randint(low, high, (self.span,), generator=generator)
             gap = torch.randint(low, high, (int(torch.randint(0, self.gap + 1, (1,), generator=generator)),),
                                 generator=generator)  # fmt: skip
             documents.append(torch.cat([span, gap, span, torch.tensor([self.eod_id])]))
+            length += len(documents[-1])
         return torch.cat(documents)[: self.seq_len + 1]  # [T + 1]
 
 

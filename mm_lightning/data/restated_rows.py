@@ -26,6 +26,9 @@ from torch import Tensor
 
 from mm_lightning.errors import ConfigError
 
+DEFAULT_SPAN = (32, 128)
+"""Fewest and most tokens a restated row repeats, unless set (``repeat_span``)."""
+
 
 def check_restating(share: float, span: tuple[int, int], seq_len: int) -> None:
     """Refuse a share outside [0, 1] or spans that do not fit twice in a row of ``seq_len`` tokens."""

@@ -24,7 +24,7 @@ from litdata import StreamingDataset, TokensLoader
 from torch import Tensor
 
 from mm_lightning import tokenizer as tokenizer_lib
-from mm_lightning.data.restated_rows import check_restating, restate_opening
+from mm_lightning.data.restated_rows import DEFAULT_SPAN, check_restating, restate_opening
 from mm_lightning.data.streaming import ShardDataModule
 from mm_lightning.ops.packing import position_ids_from_seq_ids, seq_ids_from_eod
 
@@ -91,7 +91,7 @@ class TextDataModule(ShardDataModule):
         val_batches: int | None = None,
         tokenizer_path: str | None = None,
         repeat_share: float = 0.0,
-        repeat_span: tuple[int, int] = (32, 128),
+        repeat_span: tuple[int, int] = DEFAULT_SPAN,
     ):
         super().__init__(data_path, batch_size, num_workers, seed, val_batches, tokenizer_path, cache_dir)
         self.save_hyperparameters()

@@ -21,7 +21,7 @@ from mm_lightning.data.image_text import ImageTextTransform
 from mm_lightning.data.location import DataLocation
 from mm_lightning.data.mixture.long_sources import open_long_source
 from mm_lightning.data.mixture.plan import MixtureSource, epoch_item
-from mm_lightning.data.restated_rows import check_restating, restate_opening
+from mm_lightning.data.restated_rows import DEFAULT_SPAN, check_restating, restate_opening
 from mm_lightning.demo import demo_tokenizer
 from mm_lightning.errors import ConfigError
 from mm_lightning.media.interleave import MixSample
@@ -154,7 +154,7 @@ class TextTokenSource(_StreamSource):
     multimodal = False
 
     def __init__(self, name: str, dataset: Any, tokenizer: Any, seed: int, shuffle: bool, repeat_share: float = 0.0,
-                 repeat_span: tuple[int, int] = (32, 128)):  # fmt: skip
+                 repeat_span: tuple[int, int] = DEFAULT_SPAN):  # fmt: skip
         super().__init__(name, dataset, tokenizer, seed, shuffle)
         self.repeat_share, self.repeat_span = repeat_share, repeat_span
 
@@ -172,7 +172,7 @@ def build_text_source(spec: SourceSpec, context: SourceContext) -> TextTokenSour
     if text_len < 2:
         raise ConfigError(f"source {spec.name!r}: text_len={text_len} must be at least 2")
     share = float(spec.options.get("repeat_share", 0.0)) if context.split == "train" else 0.0
-    low, high = spec.options.get("repeat_span", (32, 128))
+    low, high = spec.options.get("repeat_span", DEFAULT_SPAN)
     try:
         check_restating(share, (int(low), int(high)), text_len - 1)
     except ConfigError as error:
