@@ -108,6 +108,12 @@ def _module_order(checkpoint: dict[str, Any], checkpoint_path: str) -> list[str]
     return list(position)
 
 
+# The saved parts whose moments an inner optimizer can take: Muon's momentum is Muon's alone; AdamW's two moments are
+# the same whether a lone AdamW ("") or Muon's AdamW part made them, so stages may switch between the two optimizers
+# (a Muon stage 1, then an AdamW alignment, then a Muon joint stage): the moments of the other kind start fresh.
+_MOMENT_KINDS = {"muon": ("muon",), "adamw": ("", "adamw"), "": ("", "adamw")}
+
+
 def carry_optimizer_state(
     optimizer: torch.optim.Optimizer, module: nn.Module, checkpoint_path: str
 ) -> tuple[list[str], list[str]]:
@@ -117,8 +123,7 @@ def carry_optimizer_state(
         The names that received earlier moments, and the trainable names that start fresh.
 
     Raises:
-        ConfigError: the checkpoint records no parameter names (written before they were recorded) or its
-            optimizer is of another kind.
+        ConfigError: the checkpoint records no parameter names (written before they were recorded).
     """
     checkpoint = check_optimizer_state(checkpoint_path)
     recorded = checkpoint_meta(checkpoint, checkpoint_path)["optimizer_param_names"]
@@ -126,9 +131,7 @@ def carry_optimizer_state(
     names = {id(param): name for name, param in module.named_parameters()}
     carried = []
     for key, inner in inner_optimizers(optimizer).items():
-        if key not in recorded:
-            raise ConfigError(f"{checkpoint_path}'s optimizer has no {key or 'single'} part; use handoff weights_only")
-        same_kind = set(recorded[key])  # moments this inner optimizer made (Muon's for Muon, AdamW's for AdamW)
+        same_kind = {name for part in _MOMENT_KINDS[key] for name in recorded.get(part, ())}
         for group in inner.param_groups:
             for param in group["params"]:
                 state = saved.get(names[id(param)]) if names[id(param)] in same_kind else None

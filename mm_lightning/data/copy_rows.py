@@ -18,6 +18,8 @@ stage after it reads, and the passkey check can run here too.
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
@@ -27,6 +29,19 @@ from mm_lightning import tokenizer as tokenizer_lib
 from mm_lightning.data.location import DataLocation, LocatedTokenizer
 from mm_lightning.data.synthetic import ordered_loader
 from mm_lightning.errors import ConfigError
+
+
+def check_copy_rows(span: int, gap: int, seq_len: int, where: str) -> None:
+    """A clear ``ConfigError`` (naming ``where``) for copy rows that cannot hold a span and its repeat."""
+    if span < 1 or gap < 0 or seq_len < 2 * span + 1:
+        raise ConfigError(f"{where} needs span >= 1, gap >= 0 and seq_len >= 2 * span + 1 (a span and its repeat in "
+                          f"a row), got span={span}, gap={gap}, seq_len={seq_len}")  # fmt: skip
+
+
+def copy_rows(tokenizer: Any, num_rows: int, seq_len: int, span: int, gap: int, seed: int) -> CopyRowsDataset:
+    """Copy rows in ``tokenizer``'s vocabulary: spans of its ordinary ids (never a special token), EOD between."""
+    ids = (len(tokenizer_lib.SPECIAL_TOKENS), tokenizer.get_vocab_size())
+    return CopyRowsDataset(num_rows, seq_len, span, gap, ids, tokenizer_lib.eod_id(tokenizer), seed)
 
 
 class CopyRowsDataset(Dataset):
@@ -72,12 +87,10 @@ class CopyRowsDataModule(LocatedTokenizer, pl.LightningDataModule):
                  span: int = 32, gap: int = 32, num_rows: int = 1 << 16, val_rows: int = 64,
                  seed: int = 0) -> None:  # fmt: skip
         super().__init__()
-        if span < 1 or gap < 0 or seq_len < 2 * span + 1 or min(num_rows, val_rows, batch_size) < 1:
-            raise ConfigError(
-                "CopyRowsDataModule needs span >= 1, gap >= 0, seq_len >= 2 * span + 1 and at least one row and "
-                f"batch, got span={span}, gap={gap}, seq_len={seq_len}, num_rows={num_rows}, val_rows={val_rows}, "
-                f"batch_size={batch_size}"
-            )
+        check_copy_rows(span, gap, seq_len, "CopyRowsDataModule")
+        if min(num_rows, val_rows, batch_size) < 1:
+            raise ConfigError(f"CopyRowsDataModule needs at least one row and batch, got num_rows={num_rows}, "
+                              f"val_rows={val_rows}, batch_size={batch_size}")  # fmt: skip
         self.save_hyperparameters()
         self.location = DataLocation(tokenizer_from, "text", None, None)
         self.seq_len, self.batch_size, self.span, self.gap = seq_len, batch_size, span, gap
@@ -85,10 +98,9 @@ class CopyRowsDataModule(LocatedTokenizer, pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """The rows: spans of the tokenizer's ordinary ids (its special tokens never appear in a span)."""
-        ids = (len(tokenizer_lib.SPECIAL_TOKENS), self.vocab_size)
-        eod = tokenizer_lib.eod_id(self.tokenizer)
-        self.train_set = CopyRowsDataset(self.num_rows, self.seq_len, self.span, self.gap, ids, eod, self.seed)
-        self.val_set = CopyRowsDataset(self.val_rows, self.seq_len, self.span, self.gap, ids, eod, self.seed + 1)
+        shape = (self.seq_len, self.span, self.gap)
+        self.train_set = copy_rows(self.tokenizer, self.num_rows, *shape, self.seed)
+        self.val_set = copy_rows(self.tokenizer, self.val_rows, *shape, self.seed + 1)
 
     def train_dataloader(self) -> DataLoader:
         return ordered_loader(self.train_set, self.batch_size, self.trainer, tokenizer_lib.eod_id(self.tokenizer),

@@ -9,8 +9,9 @@ import torch
 
 from mm_lightning.data import CopyRowsDataModule
 from mm_lightning.data.copy_rows import CopyRowsDataset
+from mm_lightning.data.mixture.sources import SourceContext, SourceSpec, build_source
 from mm_lightning.errors import ConfigError
-from mm_lightning.tokenizer import SPECIAL_TOKENS
+from mm_lightning.tokenizer import SPECIAL_TOKENS, eod_id
 
 
 def _documents(row: torch.Tensor, eod: int) -> list[list[int]]:
@@ -57,3 +58,27 @@ def test_datamodule_batches_with_the_corpus_tokenizer(demo_sotu: Path) -> None:
 def test_bad_shapes_are_refused(bad: dict) -> None:
     with pytest.raises(ConfigError, match="CopyRowsDataModule needs"):
         CopyRowsDataModule(**bad)
+
+
+def test_a_mixture_source_of_copy_rows(demo_sotu: Path) -> None:
+    """The ``copy_rows`` kind: rows of ``text_len`` tokens in the corpus's vocabulary, each span said again within
+    ``gap`` tokens; validation rows of another seed; a row that cannot hold a span twice refused, naming the source."""
+
+    def source(split: str, **options):
+        spec = SourceSpec.from_config({"name": "copies", "kind": "copy_rows", "path": "demo:sotu", **options})
+        return build_source(spec, SourceContext(split, seed=3, seq_len=256, patch_size=14, max_patches=16))
+
+    train = source("train", text_len=1025, span=24, gap=900)
+    rows = [train.sample(k).token_ids for k in range(4)]
+    assert all(len(row) == 1025 for row in rows) and train.tokenizer.get_vocab_size() == 8192
+    assert rows[0] == source("train", text_len=1025, span=24, gap=900).sample(0).token_ids  # a pure function of k
+    eod = eod_id(train.tokenizer)
+    documents = [doc for row in rows for doc in _documents(torch.tensor(row), eod)]
+    assert documents and all(doc[:24] == doc[-24:] and len(doc) - 48 <= 900 for doc in documents)
+    assert max(len(doc) for doc in documents) > 300  # long gaps: copying across most of the row
+    assert source("val", text_len=1025, span=24, gap=900).sample(0).token_ids != rows[0]
+    assert not train.multimodal and len(source("val")) == 64
+    with pytest.raises(ConfigError, match="source 'copies' \\(copy_rows\\) needs span >= 1"):
+        source("train", text_len=41, span=24)
+    with pytest.raises(ConfigError, match="unknown option"):
+        source("train", repeat_share=0.5)

@@ -14,8 +14,12 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "configs" / "pipelines" / "demo.yaml"
+FEW_PASSKEYS = {  # 4 prompts at one length (the stages' 30 at two cost ~8 s a validation: ~90 s across the suite)
+    "trainer.callbacks.PasskeyEvaluation.init_args.lengths": [256],
+    "trainer.callbacks.PasskeyEvaluation.init_args.prompts": 4,
+}
 SHORT = {  # a few steps each, small validations, no loader workers: the plumbing, not the learning
-    "text": {"trainer.max_steps": 4, "trainer.limit_val_batches": 2},
+    "text": {"trainer.max_steps": 4, "trainer.limit_val_batches": 2, **FEW_PASSKEYS},
     "vit": {"trainer.max_steps": 4, "trainer.limit_val_batches": 2, "model.init_args.schedule.total_steps": 4},
     "align": {"trainer.max_steps": 4, "data.init_args.val_batches": 2, "model.init_args.schedule.total_steps": 4},
     "joint": {"trainer.max_steps": 6, "data.init_args.samples_per_batch": 6, "data.init_args.val_batches": 1},
@@ -24,7 +28,7 @@ SHORT = {  # a few steps each, small validations, no loader workers: the plumbin
         "trainer.max_steps": 2,
         "data.init_args.samples_per_batch": 2,
         "data.init_args.val_batches": 1,
-        "trainer.callbacks.PasskeyEvaluation.init_args.lengths": [256],
+        **FEW_PASSKEYS,
         "trainer.callbacks.PasskeyEvaluation.init_args.frame_counts": [],
     },
 }

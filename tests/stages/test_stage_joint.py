@@ -100,6 +100,19 @@ def test_continue_carries_matching_moments_and_weights_only_starts_fresh(chain, 
         JointStage(str(chain["text"]), str(chain["align"]), handoff="optimizer_only")
 
 
+def test_a_muon_stage_takes_adamw_moments_for_its_adamw_part_only(chain):
+    """AdamW's moments carry into Muon's AdamW part (embeddings, norms); the hidden matrices' Muon momentum, which
+    AdamW never made, starts fresh (and the reverse hand-off likewise)."""
+    module = JointStage(str(chain["text"]), str(chain["align"]), handoff="continue")
+    optimizer = build_optimizer(module, OptimizerConfig(name="muon"), lr=1e-3)
+    carried, fresh = carry_optimizer_state(optimizer, module, str(chain["text"]))
+    hidden = {id(p) for group in optimizer.muon.param_groups for p in group["params"]}
+    named = dict(module.named_parameters())
+    assert carried and all(n.startswith("llm.") and id(named[n]) not in hidden for n in carried)
+    assert any(n.startswith("llm.") and id(named[n]) in hidden for n in fresh)
+    assert not any(optimizer.muon.state[p] for group in optimizer.muon.param_groups for p in group["params"])
+
+
 def test_text_only_batches_leave_the_vision_tower_alone(chain, tmp_path):
     joint = JointStage(str(chain["text"]), str(chain["align"]), handoff="weights_only")
     before = {n: p.detach().clone() for n, p in joint.named_parameters()}

@@ -17,6 +17,7 @@ from typing import Any
 
 from litdata import StreamingDataset, TokensLoader
 
+from mm_lightning.data.copy_rows import check_copy_rows, copy_rows
 from mm_lightning.data.image_text import ImageTextTransform
 from mm_lightning.data.location import DataLocation
 from mm_lightning.data.mixture.long_sources import open_long_source
@@ -181,6 +182,38 @@ def build_text_source(spec: SourceSpec, context: SourceContext) -> TextTokenSour
     dataset = _open_split(location, context, item_loader=TokensLoader(block_size=text_len))
     return TextTokenSource(spec.name, dataset, location.tokenizer(), context.seed, context.split == "train", share,
                            (int(low), int(high)))  # fmt: skip
+
+
+class CopyRowsSource:
+    """Copy rows (:mod:`~mm_lightning.data.copy_rows`: random spans said twice) as text blocks, for a stage that must
+    keep or stretch copying from the context, such as the long-context stage at its new length."""
+
+    multimodal = False
+
+    def __init__(self, name: str, rows: Any, tokenizer: Any):
+        self.name, self.rows, self.tokenizer = name, rows, tokenizer
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def sample(self, k: int) -> MixSample:
+        return MixSample(token_ids=self.rows[k % len(self.rows)].tolist(), images=[], source=self.name)
+
+
+@register_source("copy_rows", multimodal=False)
+def build_copy_rows_source(spec: SourceSpec, context: SourceContext) -> CopyRowsSource:
+    """``path``: the text corpus whose vocabulary the spans are drawn from. Options: ``text_len`` (tokens per row,
+    default ``seq_len + 1``), ``span`` (default 32), ``gap`` (most random ids between a span and its repeat, default
+    32; as long as the row for copying across its whole length), ``rows`` (training rows, default 65,536; ``val``
+    has 64 of another seed), ``tokenizer_path``."""
+    _check_options(spec, ("text_len", "span", "gap", "rows", "tokenizer_path"))
+    text_len, span, gap = (int(spec.options.get(key, default)) for key, default in
+                           (("text_len", context.seq_len + 1), ("span", 32), ("gap", 32)))  # fmt: skip
+    check_copy_rows(span, gap, text_len - 1, f"source {spec.name!r} (copy_rows)")
+    tokenizer = DataLocation(spec.path, "text", spec.options.get("tokenizer_path"), context.cache_dir).tokenizer()
+    rows = int(spec.options.get("rows", 1 << 16)) if context.split == "train" else 64
+    seed = 2 * context.seed + (context.split == "val")
+    return CopyRowsSource(spec.name, copy_rows(tokenizer, rows, text_len - 1, span, gap, seed), tokenizer)
 
 
 class ImageTextSource(_StreamSource):
