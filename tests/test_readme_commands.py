@@ -51,6 +51,7 @@ RUN = {  # README command -> the arguments appended to shorten it ("": exactly a
     "mm-lightning pipeline --config configs/pipelines/demo.yaml": "",
     "mm-lightning pipeline --config configs/pipelines/demo.yaml --stages text,vit": "",
     "mm-lightning pipeline --config configs/pipelines/demo_long.yaml --dry-run": "",
+    "mm-lightning pipeline --config configs/pipelines/demo_long_copy.yaml --dry-run": "",
     # alignment alone: as written, joint pre-training, cooldown and long context train again too (~100 s)
     "mm-lightning pipeline --config configs/pipelines/demo.yaml --redo align": "--stages align",
     # stage 1 alone, 2 steps: as written, six stages of 20 steps
@@ -117,6 +118,9 @@ SKIP = {  # README command -> why the suite does not run it
     ". .venv/bin/activate && python -m pytest -q": "the whole test suite, this test included",
     "mm-lightning pipeline --config configs/pipelines/demo_long.yaml": "the long demo: about 57 minutes of training on"
     " the 2-core CPU; its stage configs are the demo's (which the short demo run trains) and its dry run runs",
+    "mm-lightning pipeline --config configs/pipelines/demo_long_copy.yaml": "the long demo with the copy curriculum:"
+    " over an hour of training on the 2-core CPU; its dry run runs, tests/stages/test_copy_warmup.py chains its first"
+    " two stages and tests/data/test_copy_rows.py builds its copy-row source",
     "mm-lightning pipeline --config configs/pipelines/gpu_8x_1b.yaml": GPUS,
     "torchrun --standalone --nproc_per_node 8 -m mm_lightning.cli pipeline --config configs/pipelines/gpu_8x_1b.yaml": (
         GPUS

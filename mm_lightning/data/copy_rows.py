@@ -38,7 +38,7 @@ def check_copy_rows(span: int, gap: int, seq_len: int, where: str) -> None:
                           f"a row), got span={span}, gap={gap}, seq_len={seq_len}")  # fmt: skip
 
 
-def copy_rows(tokenizer: Any, num_rows: int, seq_len: int, span: int, gap: int, seed: int) -> CopyRowsDataset:
+def copy_rows_dataset(tokenizer: Any, num_rows: int, seq_len: int, span: int, gap: int, seed: int) -> CopyRowsDataset:
     """Copy rows in ``tokenizer``'s vocabulary: spans of its ordinary ids (never a special token), EOD between."""
     ids = (len(tokenizer_lib.SPECIAL_TOKENS), tokenizer.get_vocab_size())
     return CopyRowsDataset(num_rows, seq_len, span, gap, ids, tokenizer_lib.eod_id(tokenizer), seed)
@@ -99,8 +99,8 @@ class CopyRowsDataModule(LocatedTokenizer, pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """The rows: spans of the tokenizer's ordinary ids (its special tokens never appear in a span)."""
         shape = (self.seq_len, self.span, self.gap)
-        self.train_set = copy_rows(self.tokenizer, self.num_rows, *shape, self.seed)
-        self.val_set = copy_rows(self.tokenizer, self.val_rows, *shape, self.seed + 1)
+        self.train_set = copy_rows_dataset(self.tokenizer, self.num_rows, *shape, self.seed)
+        self.val_set = copy_rows_dataset(self.tokenizer, self.val_rows, *shape, self.seed + 1)
 
     def train_dataloader(self) -> DataLoader:
         return ordered_loader(self.train_set, self.batch_size, self.trainer, tokenizer_lib.eod_id(self.tokenizer),

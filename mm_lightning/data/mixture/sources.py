@@ -17,7 +17,7 @@ from typing import Any
 
 from litdata import StreamingDataset, TokensLoader
 
-from mm_lightning.data.copy_rows import check_copy_rows, copy_rows
+from mm_lightning.data.copy_rows import check_copy_rows, copy_rows_dataset
 from mm_lightning.data.image_text import ImageTextTransform
 from mm_lightning.data.location import DataLocation
 from mm_lightning.data.mixture.long_sources import open_long_source
@@ -213,7 +213,7 @@ def build_copy_rows_source(spec: SourceSpec, context: SourceContext) -> CopyRows
     tokenizer = DataLocation(spec.path, "text", spec.options.get("tokenizer_path"), context.cache_dir).tokenizer()
     rows = int(spec.options.get("rows", 1 << 16)) if context.split == "train" else 64
     seed = 2 * context.seed + (context.split == "val")
-    return CopyRowsSource(spec.name, copy_rows(tokenizer, rows, text_len - 1, span, gap, seed), tokenizer)
+    return CopyRowsSource(spec.name, copy_rows_dataset(tokenizer, rows, text_len - 1, span, gap, seed), tokenizer)
 
 
 class ImageTextSource(_StreamSource):
