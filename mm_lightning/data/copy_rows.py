@@ -30,6 +30,11 @@ from mm_lightning.data.location import DataLocation, LocatedTokenizer
 from mm_lightning.data.synthetic import ordered_loader
 from mm_lightning.errors import ConfigError
 
+SPAN, GAP = 32, 32
+"""Default tokens of a span, and most random tokens between it and its repeat."""
+TRAIN_ROWS, VAL_ROWS = 1 << 16, 64
+"""Default training and validation rows."""
+
 
 def check_copy_rows(span: int, gap: int, seq_len: int, where: str) -> None:
     """A clear ``ConfigError`` (naming ``where``) for copy rows that cannot hold a span and its repeat."""
@@ -84,7 +89,7 @@ class CopyRowsDataModule(LocatedTokenizer, pl.LightningDataModule):
     """
 
     def __init__(self, tokenizer_from: str = "demo:sotu-captions", seq_len: int = 256, batch_size: int = 8,
-                 span: int = 32, gap: int = 32, num_rows: int = 1 << 16, val_rows: int = 64,
+                 span: int = SPAN, gap: int = GAP, num_rows: int = TRAIN_ROWS, val_rows: int = VAL_ROWS,
                  seed: int = 0) -> None:  # fmt: skip
         super().__init__()
         check_copy_rows(span, gap, seq_len, "CopyRowsDataModule")

@@ -17,7 +17,7 @@ from typing import Any
 
 from litdata import StreamingDataset, TokensLoader
 
-from mm_lightning.data.copy_rows import check_copy_rows, copy_rows_dataset
+from mm_lightning.data.copy_rows import GAP, SPAN, TRAIN_ROWS, VAL_ROWS, check_copy_rows, copy_rows_dataset
 from mm_lightning.data.image_text import ImageTextTransform
 from mm_lightning.data.location import DataLocation
 from mm_lightning.data.mixture.long_sources import open_long_source
@@ -208,10 +208,10 @@ def build_copy_rows_source(spec: SourceSpec, context: SourceContext) -> CopyRows
     has 64 of another seed), ``tokenizer_path``."""
     _check_options(spec, ("text_len", "span", "gap", "rows", "tokenizer_path"))
     text_len, span, gap = (int(spec.options.get(key, default)) for key, default in
-                           (("text_len", context.seq_len + 1), ("span", 32), ("gap", 32)))  # fmt: skip
+                           (("text_len", context.seq_len + 1), ("span", SPAN), ("gap", GAP)))  # fmt: skip
     check_copy_rows(span, gap, text_len - 1, f"source {spec.name!r} (copy_rows)")
     tokenizer = DataLocation(spec.path, "text", spec.options.get("tokenizer_path"), context.cache_dir).tokenizer()
-    rows = int(spec.options.get("rows", 1 << 16)) if context.split == "train" else 64
+    rows = int(spec.options.get("rows", TRAIN_ROWS)) if context.split == "train" else VAL_ROWS
     seed = 2 * context.seed + (context.split == "val")
     return CopyRowsSource(spec.name, copy_rows_dataset(tokenizer, rows, text_len - 1, span, gap, seed), tokenizer)
 
