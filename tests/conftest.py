@@ -3,6 +3,8 @@ CPU thread for micro models."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,23 @@ from helpers.short_pipeline import run_pipeline_command, short_demo_pipeline
 from helpers.tiny_checkpoints import build_tiny_checkpoints
 
 from mm_lightning.inference import torch_threads
+
+FREE_AT_START = pytest.StashKey[str]()
+
+
+def _free_disk(config: pytest.Config) -> str:
+    folder = config.option.basetemp or tempfile.gettempdir()
+    return f"{shutil.disk_usage(folder).free / 2**30:.1f} GiB free at {folder}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[FREE_AT_START] = _free_disk(config)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """The disk where the tests write, before and after (they need ~2.5 GB at the peak: the short demo runs'
+    checkpoints), so that a "No space left on device" reads at once."""
+    terminalreporter.write_line(f"disk: {config.stash[FREE_AT_START]} at the start, {_free_disk(config)} at the end")
 
 
 @pytest.fixture(scope="session")

@@ -18,17 +18,43 @@ FEW_PASSKEYS = {  # 4 prompts at one length (the stages' 30 at two cost ~8 s a v
     "trainer.callbacks.PasskeyEvaluation.init_args.lengths": [256],
     "trainer.callbacks.PasskeyEvaluation.init_args.prompts": 4,
 }
+FEW_SCENES = {  # 8 scenes and 8 pairs (the stages' 100 and 64 cost ~4 s a validation: ~12 s a VLM stage)
+    "trainer.callbacks.CaptionChecks.init_args.scenes": 8,
+    "trainer.callbacks.CaptionChecks.init_args.gap_pairs": 8,
+}
+FEW_PROBES = {"trainer.callbacks.EmojiIdentityProbe.init_args.backgrounds": 2}  # 128 probe images, not 640: ~3 s each
 SHORT = {  # a few steps each, small validations, no loader workers: the plumbing, not the learning
     "text": {"trainer.max_steps": 4, "trainer.limit_val_batches": 2, **FEW_PASSKEYS},
-    "vit": {"trainer.max_steps": 4, "trainer.limit_val_batches": 2, "model.init_args.schedule.total_steps": 4},
-    "align": {"trainer.max_steps": 4, "data.init_args.val_batches": 2, "model.init_args.schedule.total_steps": 4},
-    "joint": {"trainer.max_steps": 6, "data.init_args.samples_per_batch": 6, "data.init_args.val_batches": 1},
-    "cooldown": {"trainer.max_steps": 4, "data.init_args.samples_per_batch": 6, "data.init_args.val_batches": 1},
+    "vit": {
+        "trainer.max_steps": 4,
+        "trainer.limit_val_batches": 2,
+        "model.init_args.schedule.total_steps": 4,
+        **FEW_PROBES,
+    },
+    "align": {
+        "trainer.max_steps": 4,
+        "data.init_args.val_batches": 2,
+        "model.init_args.schedule.total_steps": 4,
+        **FEW_SCENES,
+    },
+    "joint": {
+        "trainer.max_steps": 6,
+        "data.init_args.samples_per_batch": 6,
+        "data.init_args.val_batches": 1,
+        **FEW_SCENES,
+    },
+    "cooldown": {
+        "trainer.max_steps": 4,
+        "data.init_args.samples_per_batch": 6,
+        "data.init_args.val_batches": 1,
+        **FEW_SCENES,
+    },
     "long_context": {
         "trainer.max_steps": 2,
         "data.init_args.samples_per_batch": 2,
         "data.init_args.val_batches": 1,
         **FEW_PASSKEYS,
+        **FEW_SCENES,
         "trainer.callbacks.PasskeyEvaluation.init_args.frame_counts": [],
     },
 }
@@ -79,12 +105,18 @@ def seed_finished_stages(source: Path, target: Path, names: Sequence[str]) -> No
     """Give run folder ``target`` the finished stages ``names`` of run folder ``source``: their folders, and their
     manifest entries with every path moved to ``target``, as if ``target`` had run them (a run folder may move).
 
-    A test that needs a pipeline stopped in a later stage starts from these instead of training them again.
+    A test that needs a pipeline stopped in a later stage starts from these instead of training them again. Their
+    checkpoints are hard links (hundreds of MB; the stages only ever replace a checkpoint by rename, never write
+    through one), the other files copies.
     """
     for name in names:
-        shutil.copytree(source / name, target / name)
+        shutil.copytree(source / name, target / name, copy_function=_link_checkpoints)
     moved = (source / "manifest.json").read_text().replace(json.dumps(str(source))[1:-1], json.dumps(str(target))[1:-1])
     manifest = json.loads(moved)
     manifest["stages"] = [entry for entry in manifest["stages"] if entry["name"] in names]
     assert [entry["status"] for entry in manifest["stages"]] == ["finished"] * len(names), manifest["stages"]
     (target / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+
+def _link_checkpoints(source: str, target: str) -> None:
+    (os.link if source.endswith(".ckpt") else shutil.copy2)(source, target)
