@@ -92,6 +92,9 @@ RUN = {  # README command -> the arguments appended to shorten it ("": exactly a
     "mm-lightning fit --config configs/joint_long_context/tiny_16x.yaml": LONG_FIT,
     "mm-lightning evaluate --ckpt runs/pipelines/demo/text/checkpoints/last.ckpt"
     " runs/pipelines/demo/cooldown/checkpoints/last.ckpt --data demo:sotu-captions": "--data demo:sotu",  # 1/4 the rows
+    # four checkpoints at one short length (the later --copy replaces the first)
+    "mm-lightning evaluate --ckpt runs/pipelines/demo/{text,joint,cooldown,long_context}/checkpoints/last.ckpt"
+    " --copy 256 1024": "--copy 64",
     # fine-tuning
     "mm-lightning fit --config configs/sft/tiny.yaml": FIT,
     "mm-lightning fit --config configs/sft/tiny.yaml --model.init_args.lora null --trainer.logger.init_args.name"

@@ -1,6 +1,7 @@
 """Callbacks that own the recipe's knobs, checkpoint naming, monitoring, and the files ``predict`` writes."""
 
 from mm_lightning.callbacks.caption_checks import CaptionChecks
+from mm_lightning.callbacks.copy_check import CopyCheck
 from mm_lightning.callbacks.emoji_probe import EmojiIdentityProbe
 from mm_lightning.callbacks.final_validation import FinalValidation
 from mm_lightning.callbacks.lr_schedule import LRSchedulerResume, ReWarmup
@@ -14,6 +15,7 @@ from mm_lightning.callbacks.throughput import TokenThroughputMonitor
 
 __all__ = [
     "CaptionChecks",
+    "CopyCheck",
     "EmojiIdentityProbe",
     "FinalValidation",
     "LRSchedulerResume",

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +36,7 @@ from mm_lightning import tokenizer as tokenizer_lib
 from mm_lightning.demo.emoji_scenes import SceneConfig
 from mm_lightning.demo.long import LongDemo, generate_motion_clip, render_motion_frames, render_number_frame
 from mm_lightning.generation.decode import generate
-from mm_lightning.inference import evaluating
+from mm_lightning.inference import evaluating, projecting_positions
 from mm_lightning.media.images import image_patches
 from mm_lightning.media.interleave import MixSample
 from mm_lightning.models.vlm import expand_image_placeholders
@@ -237,7 +237,7 @@ def passkey_token_hits(
                 for start in range(0, len(group), rows):
                     chunk = group[start : start + rows]
                     ids = torch.tensor([p.token_ids + p.answer_ids for p in chunk], device=device)
-                    with _projected_positions(model, answered):
+                    with projecting_positions(model, answered):
                         logits = model(input_ids=ids)
                     if logits.shape[1] != size:  # a model without an lm_head to project fewer positions
                         logits = logits[:, answered]
@@ -262,19 +262,7 @@ def _last_position_logits(model: torch.nn.Module) -> AbstractContextManager[None
     for 30 prompts of 1,024 tokens and 8,192 words) and a third of the time. The model's own ``forward`` still runs,
     so FSDP2's hooks gather its weights as in training.
     """
-    return _projected_positions(model, slice(-1, None))
-
-
-@contextmanager
-def _projected_positions(model: torch.nn.Module, positions: slice) -> Iterator[None]:
-    """For the block, the model's ``lm_head`` (if any) projects ``positions`` of the sequence only."""
-    head = getattr(model, "lm_head", None)
-    handle = head.register_forward_pre_hook(lambda _, args: (args[0][:, positions],)) if head is not None else None
-    try:
-        yield
-    finally:
-        if handle is not None:
-            handle.remove()
+    return projecting_positions(model, slice(-1, None))
 
 
 def _retrieved(tokenizer, new_ids: list[int], passkey: str) -> bool:

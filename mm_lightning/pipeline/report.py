@@ -30,7 +30,7 @@ Stage = dict[str, Any]
 
 PLOTTED_TRAIN_TAGS = ("train/lr", "train/loss", "train/rope_base", "train/seq_len", "mix/scheduled_share")
 LEFT, RIGHT = 0.08, 0.97  # the panels' horizontal extent, as fractions of the figure width
-EVALUATION_GROUPS = ("perplexity", "retrieval recall", "caption quality", "passkey accuracy")
+EVALUATION_GROUPS = ("perplexity", "retrieval recall", "caption quality", "passkey accuracy", "copying")
 
 
 def _wrap_items(head: str, items: Sequence[str], width: int, separator: str, indent: str = "") -> list[str]:
@@ -330,6 +330,8 @@ def _evaluation_group(tag: str) -> str | None:
         return "caption quality"
     if tag.startswith("val/passkey"):
         return "passkey accuracy"
+    if tag.startswith("val/copy"):
+        return "copying"
     return None
 
 

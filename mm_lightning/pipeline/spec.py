@@ -36,7 +36,7 @@ STAGE_KEYS = {"name", "title", "config", "overrides", "inputs", "metric"}
 PIPELINE_KEYS = {"name", "run_dir", "overrides", "stages"}
 # how a stage runs, not what it computes: changing these does not make a finished stage stale
 RUNTIME_KEYS = ("trainer.devices", "trainer.num_nodes", "trainer.strategy", "data.init_args.num_workers")
-HIGHER_IS_BETTER = ("r@", "passkey", "acc")
+HIGHER_IS_BETTER = ("r@", "passkey", "acc", "copy@", "copy_gain@")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,15 +12,16 @@ its chance or baseline and, where the stage should move it, its start:
   captions naming the background colour and at least one emoji of the scene more often than chance;
 - a stage that lengthens the context (longer rows or another RoPE base than the stage before it): passkey
   accuracy at its longest length above its start (beside it, where it breaks: the shares of the answers' first
-  tokens and of their later ones guessed right given the true ones before).
+  tokens and of their later ones guessed right given the true ones before), and likewise the copy check (the share
+  of a repeated span of random ids copied right, its gain in nats beside it).
 
-Figures no check judges (recall@5, all-emoji accuracy, passkey at other lengths or in other stages) are listed
+Figures no check judges (recall@5, all-emoji accuracy, passkey and copy at other lengths or in other stages) are listed
 beside the checks for context. A stage with no check (text pre-training) is judged by its headline metric alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,24 +149,48 @@ def vlm_checks(start: Metrics, final: Metrics) -> list[Check]:
 
 def passkey_checks(start: Metrics, final: Metrics, extends_context: bool) -> list[Check]:
     """Passkey accuracy per length; the longest judged against its start in a stage that lengthens the context."""
-    lengths = sorted(int(tag.rpartition("@")[2]) for tag in final if _is_passkey(tag))
+    return _per_length_checks(
+        "passkey", start, final, extends_context, "the longer context did not improve retrieval from it",
+        lambda length: (("chance", final.get("val/passkey_chance")),
+                        ("first token", final.get(f"val/passkey_first_token@{length}")),
+                        ("later tokens", final.get(f"val/passkey_later_tokens@{length}"))),
+    )  # fmt: skip
+
+
+def copy_checks(start: Metrics, final: Metrics, extends_context: bool) -> list[Check]:
+    """The copy check per length (share of a repeated span's ids right, its gain in nats beside it); the longest
+    judged against its start in a stage that lengthens the context."""
+    return _per_length_checks(
+        "copy", start, final, extends_context, "the longer context did not improve copying from it",
+        lambda length: (("chance", final.get("val/copy_chance")),
+                        ("gain", final.get(f"val/copy_gain@{length}")),
+                        ("gain at start", start.get(f"val/copy_gain@{length}"))),
+    )  # fmt: skip
+
+
+def _per_length_checks(
+    name: str,
+    start: Metrics,
+    final: Metrics,
+    extends_context: bool,
+    failure: str,
+    beside: Callable[[int], tuple[tuple[str, float | None], ...]],
+) -> list[Check]:
+    """``val/<name>@<length>`` for each length logged, the longest judged against its start where the stage
+    lengthens the context; ``beside(length)`` gives the figures printed next to one."""
+    lengths = sorted(int(tag.rpartition("@")[2]) for tag in final if _is_per_length(tag, name))
     checks = []
     for length in lengths:
-        tag = f"val/passkey@{length}"
+        tag = f"val/{name}@{length}"
         judged = extends_context and length == lengths[-1]
-        failure = "the longer context did not improve retrieval from it"
         bars = _bars(_above_start(start.get(tag), failure)) if judged else ()
-        references = _present(
-            ("chance", final.get("val/passkey_chance")), ("start", start.get(tag)),
-            ("first token", final.get(f"val/passkey_first_token@{length}")),
-            ("later tokens", final.get(f"val/passkey_later_tokens@{length}")),
-        )  # fmt: skip
-        checks.append(Check(f"passkey@{length}", final[tag], references, bars))
+        references = _present(*beside(length)[:1], ("start", start.get(tag)), *beside(length)[1:])
+        checks.append(Check(f"{name}@{length}", final[tag], references, bars))
     return checks
 
 
-def _is_passkey(tag: str) -> bool:
-    return tag.startswith("val/passkey@") and tag.rpartition("@")[2].isdigit()
+def _is_per_length(tag: str, name: str) -> bool:
+    return tag.startswith(f"val/{name}@") and tag.rpartition("@")[2].isdigit()
 
 
 def extends_context(stage: Stage, earlier: Sequence[Stage]) -> bool:
@@ -187,7 +212,8 @@ def stage_checks(stage: Stage, earlier: Sequence[Stage] = ()) -> list[Check]:
     """
     start, final = stage.get("start_metrics") or {}, stage.get("final_metrics") or {}
     extends = extends_context(stage, earlier)
-    return [*vit_checks(start, final), *vlm_checks(start, final), *passkey_checks(start, final, extends)]
+    checks = [*vit_checks(start, final), *vlm_checks(start, final), *passkey_checks(start, final, extends)]
+    return checks + copy_checks(start, final, extends)
 
 
 def pipeline_checks(stages: Sequence[Stage]) -> list[list[Check]]:

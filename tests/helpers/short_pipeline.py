@@ -22,9 +22,13 @@ FEW_SCENES = {  # 8 scenes and 8 pairs (the stages' 100 and 64 cost ~4 s a valid
     "trainer.callbacks.CaptionChecks.init_args.scenes": 8,
     "trainer.callbacks.CaptionChecks.init_args.gap_pairs": 8,
 }
+FEW_COPIES = {  # 2 copy-check rows at 128 tokens (the stages' 8 at 256 and 1,024 cost ~2.5 s a validation)
+    "trainer.callbacks.CopyCheck.init_args.lengths": [128],
+    "trainer.callbacks.CopyCheck.init_args.rows": 2,
+}
 FEW_PROBES = {"trainer.callbacks.EmojiIdentityProbe.init_args.backgrounds": 2}  # 128 probe images, not 640: ~3 s each
 SHORT = {  # a few steps each, small validations, no loader workers: the plumbing, not the learning
-    "text": {"trainer.max_steps": 4, "trainer.limit_val_batches": 2, **FEW_PASSKEYS},
+    "text": {"trainer.max_steps": 4, "trainer.limit_val_batches": 2, **FEW_PASSKEYS, **FEW_COPIES},
     "vit": {
         "trainer.max_steps": 4,
         "trainer.limit_val_batches": 2,
@@ -42,12 +46,14 @@ SHORT = {  # a few steps each, small validations, no loader workers: the plumbin
         "data.init_args.samples_per_batch": 6,
         "data.init_args.val_batches": 1,
         **FEW_SCENES,
+        **FEW_COPIES,
     },
     "cooldown": {
         "trainer.max_steps": 4,
         "data.init_args.samples_per_batch": 6,
         "data.init_args.val_batches": 1,
         **FEW_SCENES,
+        **FEW_COPIES,
     },
     "long_context": {
         "trainer.max_steps": 2,
@@ -55,6 +61,7 @@ SHORT = {  # a few steps each, small validations, no loader workers: the plumbin
         "data.init_args.val_batches": 1,
         **FEW_PASSKEYS,
         **FEW_SCENES,
+        **FEW_COPIES,
         "trainer.callbacks.PasskeyEvaluation.init_args.frame_counts": [],
     },
 }

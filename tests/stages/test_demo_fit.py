@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers.short_pipeline import FEW_PASSKEYS
+from helpers.short_pipeline import FEW_COPIES, FEW_PASSKEYS
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mm_lightning.checkpoint import load_checkpoint
@@ -25,8 +25,8 @@ def test_cli_fit_on_demo_data_learns_and_writes_logs_and_checkpoints(tmp_path, d
         "--data.init_args.seq_len=128", "--model.init_args.schedule.total_steps=60",
         "--model.init_args.schedule.warmup_steps=10", "--model.init_args.schedule.decay_steps=20",
     ]  # fmt: skip
-    config = load_yaml(CONFIG)  # the stage's config with 4 passkey prompts at one length: its 30 at two cost ~8 s
-    for key, value in FEW_PASSKEYS.items():  # a validation, and this test is on the loss
+    config = load_yaml(CONFIG)  # the stage's config with 4 passkey prompts at one length and a small copy check:
+    for key, value in (FEW_PASSKEYS | FEW_COPIES).items():  # its own cost ~10 s a validation; this test is on the loss
         set_at(config, key, value)
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     cmd = [sys.executable, "-m", "mm_lightning.cli", "fit", "--config", "tiny.yaml", *overrides]
