@@ -53,7 +53,19 @@ class Induction(torch.nn.Module):
         return self.lm_head(logits)
 
 
-def test_each_row_repeats_a_span_from_its_own_depth_in_the_common_ids():
+class ContextBag(torch.nn.Module):
+    """Favours every token it has seen earlier in the row, in no order: a unigram cache, not copying."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids=None, **_):
+        seen = torch.nn.functional.one_hot(input_ids, VOCAB).float().cumsum(1)  # [B, T, vocab]: counts so far
+        return 5.0 * seen.clamp(max=1)
+
+
+def test_each_row_ends_with_a_shuffled_span_then_a_repeated_one_from_its_own_depth_in_the_common_ids():
     ids = copy_probe_rows(Tok(), length=96, rows=5, span=8, seed=1)
     assert ids.shape == (5, 96) and ids.min() >= MIN_VOCAB_SIZE and ids.max() < MIN_VOCAB_SIZE + COMMON_IDS
     starts = []
@@ -61,7 +73,10 @@ def test_each_row_repeats_a_span_from_its_own_depth_in_the_common_ids():
         found = [s for s in range(96 - 8) if torch.equal(row[s : s + 8], row[-8:])]
         assert found, row
         starts.append(found[0])
-    assert starts == [0, 18, 36, 54, 72]  # spread from the start to 3 spans before the end
+        following = row[found[0] + 8 : found[0] + 16]  # B, right after A, comes back shuffled before A's repeat
+        assert sorted(row[-16:-8].tolist()) == sorted(following.tolist())
+        assert not torch.equal(row[-16:-8], following)
+    assert starts == [0, 16, 32, 48, 64]  # spread from the start to 4 spans before the end
     assert torch.equal(ids, copy_probe_rows(Tok(), length=96, rows=5, span=8, seed=1))  # the same rows every time
     assert not torch.equal(ids, copy_probe_rows(Tok(), length=96, rows=5, span=8, seed=2))
     # the first 1,000 merges (no special id, no byte), or every ordinary id of a tokenizer with fewer
@@ -75,6 +90,8 @@ def test_a_copier_scores_one_and_gains_nats_and_models_that_do_not_copy_score_ch
     assert copy_scores(Induction(), Tok(), [64, 200], rows=4, span=8, batch_tokens=200) == copier  # a row a forward
     for score in copier.values():
         assert score.copy > 0.9 and score.gain > 5.0  # ln(1000) ~ 6.9 nats on the random ids, ~0 on the repeat
+    bag = copy_scores(ContextBag(), Tok(), [64, 200], rows=8, span=8)  # favours what it has seen, in no order
+    assert all(score.copy < 0.2 and abs(score.gain) < 0.5 for score in bag.values()), bag
     torch.manual_seed(0)
     llm = build_backbone("llm", "tiny", n_layers=1, vocab_size=VOCAB)  # untrained: it cannot copy
     fresh = copy_scores(llm, Tok(), [64], rows=8, span=8)[64]
@@ -83,7 +100,7 @@ def test_a_copier_scores_one_and_gains_nats_and_models_that_do_not_copy_score_ch
 
 
 def test_bad_probe_shapes_are_one_line_errors():
-    with pytest.raises(ConfigError, match=r"length >= 3 \* span"):
+    with pytest.raises(ConfigError, match=r"length >= 4 \* span"):
         copy_probe_rows(Tok(), length=20, rows=2, span=8)
     with pytest.raises(ConfigError, match="CopyCheck needs rows >= 1"):
         CopyCheck(lengths=[256], rows=0)
