@@ -6,8 +6,8 @@ repeated span's ids it gets right), ``val/copy_gain@<length>`` (nats the repeat 
 ``val/copy_chance``. Passkey accuracy says whether a whole key comes out; this says whether the copying under it
 is there, and shows it form, fade or come back between stages while the passkey stays at 0. It needs a stage with an
 ``llm`` and a datamodule with a ``tokenizer``. One forward over ``rows`` rows a length: 0.19 s at 256 tokens and
-0.88 s at 1,024 for the tiny LLM (8 rows) on a 2-core CPU. Every rank runs the same rows (under FSDP2 the forward passes are
-collective); the figures are the same on all.
+0.88 s at 1,024 for the tiny LLM (8 rows) on a 2-core CPU. Every rank runs the same rows (under FSDP2 the forward
+passes are collective); the figures are the same on all.
 """
 
 from __future__ import annotations

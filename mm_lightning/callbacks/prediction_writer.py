@@ -10,6 +10,7 @@ logger), and prints the path. With several ranks each rank writes its own file (
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -50,5 +51,8 @@ class PredictionWriter(BasePredictionWriter):
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         write_with(self.written, lambda f: f.write("".join(self._lines).encode("utf-8")))
-        print(f"mm-lightning predict: wrote {len(self._lines)} predictions to {self.written}", flush=True)
+        # every rank says it: one write with its newline, so that ranks sharing a pipe (unbuffered, print() writes the
+        # text and the newline apart) never splice their lines together
+        sys.stdout.write(f"mm-lightning predict: wrote {len(self._lines)} predictions to {self.written}\n")
+        sys.stdout.flush()
         self._lines = []
