@@ -26,7 +26,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    """The disk where the tests write, before and after (they need ~2.5 GB at the peak: the short demo runs'
+    """The disk where the tests write, before and after (they need ~2.2 GB at the peak: the short demo runs'
     checkpoints), so that a "No space left on device" reads at once."""
     terminalreporter.write_line(f"disk: {config.stash[FREE_AT_START]} at the start, {_free_disk(config)} at the end")
 

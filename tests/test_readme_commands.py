@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers.short_pipeline import short_demo_pipeline
+from helpers.short_pipeline import link_checkpoints, short_demo_pipeline
 from PIL import Image, ImageChops
 
 from mm_lightning.demo.emoji_scenes import SceneConfig, generate_scene, render_scene
@@ -233,11 +233,6 @@ def test_the_example_image_is_a_held_out_demo_scene() -> None:
     assert committed.size == rendered.size and ImageChops.difference(committed, rendered).getbbox() is None
 
 
-def _link_checkpoints(source: str, target: str) -> None:
-    """Checkpoints linked (big; only ever replaced, by rename, never written through), other files copied."""
-    (os.symlink if source.endswith(".ckpt") else shutil.copy2)(source, target)
-
-
 def write_own_data(folder: Path) -> None:
     """Stand-ins for the README's own data: ``my_corpus/`` and ``book.txt`` (State of the Union addresses),
     ``my_pairs/`` (held-out demo scenes with a ``captions.jsonl``) and ``my_chats.jsonl`` (questions about them)."""
@@ -278,7 +273,7 @@ def clone_after_command_1(folder: Path, run: Path) -> Path:
     demo = folder / "configs" / "pipelines" / "demo.yaml"
     demo.unlink()
     demo.write_text(yaml.safe_dump(spec, sort_keys=False))
-    shutil.copytree(run, folder / "runs" / "pipelines" / "demo", symlinks=True, copy_function=_link_checkpoints)
+    shutil.copytree(run, folder / "runs" / "pipelines" / "demo", symlinks=True, copy_function=link_checkpoints)
     write_own_data(folder)
     return folder
 

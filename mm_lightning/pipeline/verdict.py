@@ -151,8 +151,7 @@ def passkey_checks(start: Metrics, final: Metrics, extends_context: bool) -> lis
     """Passkey accuracy per length; the longest judged against its start in a stage that lengthens the context."""
     return _per_length_checks(
         "passkey", start, final, extends_context, "the longer context did not improve retrieval from it",
-        lambda length: (("chance", final.get("val/passkey_chance")),
-                        ("first token", final.get(f"val/passkey_first_token@{length}")),
+        lambda length: (("first token", final.get(f"val/passkey_first_token@{length}")),
                         ("later tokens", final.get(f"val/passkey_later_tokens@{length}"))),
     )  # fmt: skip
 
@@ -162,8 +161,7 @@ def copy_checks(start: Metrics, final: Metrics, extends_context: bool) -> list[C
     judged against its start in a stage that lengthens the context."""
     return _per_length_checks(
         "copy", start, final, extends_context, "the longer context did not improve copying from it",
-        lambda length: (("chance", final.get("val/copy_chance")),
-                        ("gain", final.get(f"val/copy_gain@{length}")),
+        lambda length: (("gain", final.get(f"val/copy_gain@{length}")),
                         ("gain at start", start.get(f"val/copy_gain@{length}"))),
     )  # fmt: skip
 
@@ -177,14 +175,15 @@ def _per_length_checks(
     beside: Callable[[int], tuple[tuple[str, float | None], ...]],
 ) -> list[Check]:
     """``val/<name>@<length>`` for each length logged, the longest judged against its start where the stage
-    lengthens the context; ``beside(length)`` gives the figures printed next to one."""
+    lengthens the context; printed next to each: ``val/<name>_chance``, its start, then ``beside(length)``."""
     lengths = sorted(int(tag.rpartition("@")[2]) for tag in final if _is_per_length(tag, name))
     checks = []
     for length in lengths:
         tag = f"val/{name}@{length}"
         judged = extends_context and length == lengths[-1]
         bars = _bars(_above_start(start.get(tag), failure)) if judged else ()
-        references = _present(*beside(length)[:1], ("start", start.get(tag)), *beside(length)[1:])
+        chance = final.get(f"val/{name}_chance")
+        references = _present(("chance", chance), ("start", start.get(tag)), *beside(length))
         checks.append(Check(f"{name}@{length}", final[tag], references, bars))
     return checks
 

@@ -113,11 +113,10 @@ def seed_finished_stages(source: Path, target: Path, names: Sequence[str]) -> No
     manifest entries with every path moved to ``target``, as if ``target`` had run them (a run folder may move).
 
     A test that needs a pipeline stopped in a later stage starts from these instead of training them again. Their
-    checkpoints are hard links (hundreds of MB; the stages only ever replace a checkpoint by rename, never write
-    through one), the other files copies.
+    checkpoints are hard links (:func:`link_checkpoints`), the other files copies.
     """
     for name in names:
-        shutil.copytree(source / name, target / name, copy_function=_link_checkpoints)
+        shutil.copytree(source / name, target / name, copy_function=link_checkpoints)
     moved = (source / "manifest.json").read_text().replace(json.dumps(str(source))[1:-1], json.dumps(str(target))[1:-1])
     manifest = json.loads(moved)
     manifest["stages"] = [entry for entry in manifest["stages"] if entry["name"] in names]
@@ -125,5 +124,7 @@ def seed_finished_stages(source: Path, target: Path, names: Sequence[str]) -> No
     (target / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
 
-def _link_checkpoints(source: str, target: str) -> None:
+def link_checkpoints(source: str, target: str) -> None:
+    """A ``copytree`` copy function: checkpoints hard-linked (big; the stages only ever replace one by rename, never
+    write through it), other files copied."""
     (os.link if source.endswith(".ckpt") else shutil.copy2)(source, target)
