@@ -125,7 +125,12 @@ def recorded_tokenizer(source: str | Path | dict[str, Any]):
     """
     meta = source if isinstance(source, dict) else checkpoint_meta(load_checkpoint(source), source)
     stored = meta.get("tokenizer")
-    return tokenizer_from_str(stored, f"the tokenizer recorded in {source}") if stored else None
+    return tokenizer_from_str(stored, f"the tokenizer recorded in {_source_name(source)}") if stored else None
+
+
+def _source_name(source: str | Path | dict[str, Any]) -> str:
+    """How messages name a checkpoint given by path or by its metadata block (whose text would fill the screen)."""
+    return "the checkpoint" if isinstance(source, dict) else str(source)
 
 
 def recorded_image_preprocessing(source: str | Path | dict[str, Any]) -> ImagePreprocessing | None:
@@ -155,7 +160,7 @@ def image_preprocessing(source: str | Path | dict[str, Any]) -> ImagePreprocessi
     recorded = recorded_image_preprocessing(meta)
     if recorded is not None:
         return recorded
-    name = "the checkpoint" if isinstance(source, dict) else str(source)
+    name = _source_name(source)
     vit = meta.get("backbones", {}).get("vit")
     if vit is None:
         raise CheckpointError(f"{name} has no ViT, so no image preprocessing; pass a checkpoint with a ViT.")

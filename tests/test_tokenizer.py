@@ -62,6 +62,19 @@ def test_commands_given_a_bad_tokenizer_fail_in_one_line(tmp_path: Path, capsys:
     assert err.startswith("mm-lightning generate: error: ") and f"{bad} is not a tokenizer.json" in err
 
 
+def test_a_broken_recorded_tokenizer_is_named_not_dumped() -> None:
+    """Given a checkpoint's metadata block (as ``mm_lightning.api.Model`` passes it), the error names "the checkpoint"
+    instead of printing the block, whose recorded tokenizer alone is ~200 KB of JSON."""
+    from mm_lightning.checkpoint import recorded_tokenizer
+
+    meta = {"stage": "TextPretrainStage", "tokenizer": "{truncated", "backbones": {"llm": {"d_model": 8}}}
+    with pytest.raises(tokenizer_lib.TokenizerError) as error:
+        recorded_tokenizer(meta)
+    message = str(error.value)
+    assert message.startswith("the tokenizer recorded in the checkpoint is not a tokenizer.json"), message
+    assert "backbones" not in message and "TextPretrainStage" not in message
+
+
 def test_generated_text_never_shows_special_tokens() -> None:
     from tokenizers import AddedToken
 
