@@ -101,7 +101,7 @@ class DemoImageText:
     """The text demo whose ``tokenizer.json`` tokenizes the captions (the text stage's vocabulary)."""
 
 
-DEMO_IMAGE_TEXTS = {"emoji-scenes": DemoImageText(version="v2")}
+DEMO_IMAGE_TEXTS = {"emoji-scenes": DemoImageText(version="v3")}  # v3: emoji of 3-4 cells
 
 
 def is_demo_name(data_path: str) -> bool:

@@ -61,7 +61,7 @@ PLACES = {
 }
 EMOJI_COUNT_WEIGHTS = (0.3, 0.5, 0.2)  # scenes with 1, 2, 3 emoji
 SPLITS = ("train", "val")
-MIN_EMOJI_CELLS = 2
+MIN_EMOJI_CELLS = 3  # 3-4 cells: each emoji covers whole 2x2 blocks of cells, the projector's merged tokens (v3)
 MAX_NAME_CHARS = 20  # longer names ("white right pointing backhand index") are left out of the vocabulary
 
 
@@ -75,10 +75,13 @@ class SceneConfig:
     """Seed of the scenes, the vocabulary selection and the held-out compositions."""
     cell: int = 14
     """Side in pixels of the grid every scene is drawn on: canvas sides, emoji sides and emoji corners are whole
-    cells, and emoji are 2-3 cells wide. Set to the ViT's patch size (14 for every preset), each emoji fills whole
+    cells, and emoji are 3-4 cells wide. Set to the ViT's patch size (14 for every preset), each emoji fills whole
     patches at one alignment and canvases of at most ``max_patches`` patches reach the ViT unresized, so the tiny
     ViT learns *which* emoji it sees in the minutes the demo gives it (measured in
-    ``benchmarks/vit_identity_budget.py``)."""
+    ``benchmarks/vit_identity_budget.py``). At 3 cells or more an emoji also covers at least one whole 2 x 2 block
+    of patches wherever it sits, the block the projector merges into one LLM token; at 2-3 cells (the scenes
+    before v3) most 2-cell emoji fell across four merged tokens, each mostly background, and the demo's captions
+    named an emoji half as often (README, Measured)."""
     min_side: int = 70
     """Smallest canvas side in pixels (rounded up to whole cells)."""
     max_side: int = 140
@@ -194,7 +197,7 @@ def _canvas_cells(rng: random.Random, config: SceneConfig, layout: str, count: i
 
 
 def _emoji_cells(rng: random.Random, room: int) -> int:
-    """An emoji side in cells: 2 or 3, at most ``room`` (never below 2)."""
+    """An emoji side in cells: 3 or 4, at most ``room`` (never below 3)."""
     return rng.choice([k for k in (MIN_EMOJI_CELLS, MIN_EMOJI_CELLS + 1) if k <= max(MIN_EMOJI_CELLS, room)])
 
 

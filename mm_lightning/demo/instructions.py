@@ -78,7 +78,7 @@ class DemoChat:
     """Most question-answer turns in a conversation (at least one)."""
 
 
-DEMO_CHATS = {"emoji-chat": DemoChat(version="v2")}
+DEMO_CHATS = {"emoji-chat": DemoChat(version="v3")}  # v3: the scenes' v3
 
 
 @dataclass(frozen=True)

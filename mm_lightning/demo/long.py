@@ -81,7 +81,7 @@ LONG_DEMOS = {
     "motion-clips": LongDemo("motion", "v1", train=512, val=64, frames=(4, 8), moves=(1, 1)),
     "motion-clips-long": LongDemo("motion", "v1", train=48, val=8, frames=(32, 64), moves=(2, 3)),
     "long-docs": LongDemo("pages", "v1", train=40, val=6, max_pages=6),
-    "scene-docs": LongDemo("scene-docs", "v2", train=256, val=32),
+    "scene-docs": LongDemo("scene-docs", "v3", train=256, val=32),  # v3: the scenes' v3
     "long-text": LongDemo("text", "v1", train=233, val=233),
 }
 

@@ -59,7 +59,7 @@ from mm_lightning.ops.patches import pack_patches
 PROBE_CANVAS = 9 * SceneConfig.cell
 """Probe canvas side in pixels: 9 of the scenes' cells (126 px), within their 5-10."""
 PROBE_EMOJI_SIZE = 3 * SceneConfig.cell
-"""Probe emoji side in pixels: 3 cells (42 px), the larger of the scenes' two sizes, on the middle cells."""
+"""Probe emoji side in pixels: 3 cells (42 px), the smaller of the scenes' two sizes, on the middle cells."""
 CENTER = PLACES[(1, 1)]
 KS = (1, 5)
 

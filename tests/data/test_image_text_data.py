@@ -34,6 +34,13 @@ def test_scenes_are_deterministic() -> None:
     assert vocabulary(16) == vocabulary(16) and len(set(vocabulary(16))) == 16
 
 
+def covers_a_merged_block(start: int, size: int, cell: int) -> bool:
+    """Whether ``[start, start + size)`` holds a whole pair of cells from an even cell, one side of the 2 x 2 block of
+    patches the projector merges into one LLM token (the image's top-left is block-aligned)."""
+    first_even = -(-start // (2 * cell)) * 2 * cell
+    return first_even + 2 * cell <= start + size
+
+
 def test_scene_captions_and_geometry() -> None:
     for index in range(300):
         scene = generate_scene(CONFIG, "train", index)
@@ -43,6 +50,7 @@ def test_scene_captions_and_geometry() -> None:
         assert all(emoji_name(s) in scene.caption for s in scene.sprites) and len(set(scene.sprites)) <= 3
         for x, y, size in scene.boxes:
             assert 0 <= x and x + size <= scene.width and 0 <= y and y + size <= scene.height
+            assert covers_a_merged_block(x, size, CONFIG.cell) and covers_a_merged_block(y, size, CONFIG.cell), scene
         centers = [(x + s / 2, y + s / 2) for x, y, s in scene.boxes]
         axis = {"vertical": 1, "column": 1, "horizontal": 0, "row": 0}.get(scene.composition.split(":")[0])
         if axis is not None:  # stored top-to-bottom / left-to-right, separated more along the axis than across
