@@ -56,7 +56,9 @@ def test_lora_fine_tuning_lowers_the_answer_loss_and_loaders_see_the_merged_weig
     stage.eval()
     ids = torch.randint(5, 8192, (2, 24))
     with torch.no_grad():
-        torch.testing.assert_close(merged(input_ids=ids), stage.llm(input_ids=ids), atol=1e-5, rtol=1e-5)
+        # float32 rounding of W + BA against Wx + B(Ax) reaches ~2e-5 on a few of 393,216 logits; a wrong merge
+        # (no alpha / rank scale, adapters left out) moves them by the trained adapters' effect, orders more
+        torch.testing.assert_close(merged(input_ids=ids), stage.llm(input_ids=ids), atol=1e-4, rtol=1e-4)
     reloaded = SFTStage.load_from_checkpoint(tmp_path / "sft.ckpt")
     for name, value in stage.state_dict().items():
         if isinstance(value, torch.Tensor):
