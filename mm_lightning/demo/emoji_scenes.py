@@ -61,7 +61,7 @@ PLACES = {
 }
 EMOJI_COUNT_WEIGHTS = (0.3, 0.5, 0.2)  # scenes with 1, 2, 3 emoji
 SPLITS = ("train", "val")
-MIN_EMOJI_CELLS = 3  # 3-4 cells: each emoji covers whole 2x2 blocks of cells, the projector's merged tokens (v3)
+MIN_EMOJI_CELLS = 3  # 3-4 cells: each emoji covers at least one whole 2x2 block of cells, a merged token (v3)
 MAX_NAME_CHARS = 20  # longer names ("white right pointing backhand index") are left out of the vocabulary
 
 
