@@ -6,7 +6,7 @@ text passkey prompts at several lengths and, optionally, the VLM on long demo cl
 chance levels (``val/passkey_chance``: guessing the 5-digit key; ``val/passkey_video_chance``: the 3-digit
 number). For text it also logs where retrieval breaks: ``val/passkey_first_token@<length>`` and
 ``val/passkey_later_tokens@<length>``, the shares of the answers' first tokens and of their later ones that the
-model's top guess gets right given the true ones before it (:func:`~mm_lightning.eval.passkey.passkey_token_hits`:
+model's top guess gets right given the true ones before it (:func:`~mm_lightning.eval.passkey.passkey_scores`:
 the look-up and the copy apart). It needs a stage with an ``llm`` (every stage, text pre-training too; stage 1 logs
 it so that stage 5's change shows) and, for clips, a ``vlm``, and a datamodule with a ``tokenizer``. Every rank runs
 the same prompts (under FSDP2 the forward passes are collective); the figures are the same on all.
@@ -24,10 +24,9 @@ from mm_lightning.eval.passkey import (
     DEFAULT_PROMPTS,
     DEFAULT_VIDEO_PROMPTS,
     VIDEO_PASSKEY_DIGITS,
-    passkey_accuracy,
     passkey_chance,
     passkey_metrics,
-    passkey_token_hits,
+    passkey_scores,
     video_passkey_accuracy,
 )
 
@@ -60,13 +59,12 @@ class PasskeyEvaluation(pl.Callback):
             raise ConfigError("PasskeyEvaluation needs a datamodule with a tokenizer")
         metrics = {}
         if self.lengths:
-            accuracy = passkey_accuracy(pl_module.llm, tokenizer, self.lengths, self.prompts,
-                                        batch_tokens=self.batch_tokens)  # fmt: skip
-            metrics.update(passkey_metrics(accuracy), **{"val/passkey_chance": passkey_chance()})
-            hits = passkey_token_hits(pl_module.llm, tokenizer, self.lengths, self.prompts,
-                                      batch_tokens=self.batch_tokens)  # fmt: skip
-            metrics.update(passkey_metrics({n: first for n, (first, _) in hits.items()}, "val/passkey_first_token"))
-            metrics.update(passkey_metrics({n: later for n, (_, later) in hits.items()}, "val/passkey_later_tokens"))
+            scores = passkey_scores(pl_module.llm, tokenizer, self.lengths, self.prompts,
+                                    batch_tokens=self.batch_tokens)  # fmt: skip
+            metrics.update(passkey_metrics({n: s.accuracy for n, s in scores.items()}))
+            metrics["val/passkey_chance"] = passkey_chance()
+            metrics.update(passkey_metrics({n: s.first_token for n, s in scores.items()}, "val/passkey_first_token"))
+            metrics.update(passkey_metrics({n: s.later_tokens for n, s in scores.items()}, "val/passkey_later_tokens"))
         if self.frame_counts:
             accuracy = video_passkey_accuracy(pl_module.vlm, tokenizer, self.frame_counts, self.video_prompts)
             chance = {"val/passkey_video_chance": passkey_chance(VIDEO_PASSKEY_DIGITS)}

@@ -15,7 +15,7 @@ training document. :func:`template_sentences` lists the fixed sentences; no demo
 :func:`build_passkey_prompt` builds a prompt of exactly ``length`` tokens (the filler's last sentence is cut to
 fit) with the needle at a sentence boundary near ``depth`` (0 = start of the filler, 1 = end);
 :func:`build_passkey_prompts` builds ``count`` of them per length, needles spread evenly over the depth and every
-passkey different; :func:`passkey_accuracy` scores a model on them in batches. Chance is one in the 90,000
+passkey different; :func:`passkey_scores` scores a model on them in batches. Chance is one in the 90,000
 five-digit numbers (:func:`passkey_chance`). The video variant (:func:`build_video_passkey`) hides a frame
 showing a number in a long demo clip of emoji in motion and asks for the number after the last frame;
 :func:`video_passkey_accuracy` scores a VLM on it.
@@ -35,7 +35,7 @@ import torch
 from mm_lightning import tokenizer as tokenizer_lib
 from mm_lightning.demo.emoji_scenes import SceneConfig
 from mm_lightning.demo.long import LongDemo, generate_motion_clip, render_motion_frames, render_number_frame
-from mm_lightning.generation.decode import generate
+from mm_lightning.generation.decode import READ_ONLY_IDS, generate
 from mm_lightning.inference import evaluating, projecting_positions
 from mm_lightning.media.images import image_patches
 from mm_lightning.media.interleave import MixSample
@@ -167,16 +167,39 @@ def _filler(tokenizer, budget: int) -> tuple[list[int], list[int]]:
     return ids[:budget], sorted(set(starts))
 
 
+@dataclass(frozen=True)
+class PasskeyScores:
+    """A model's passkey figures at one prompt length, each a share in [0, 1]."""
+
+    accuracy: float
+    """Prompts whose greedy continuation starts with the passkey."""
+    first_token: float
+    """Answers whose first token is the model's top guess after the prompt: the look-up."""
+    later_tokens: float
+    """Later answer tokens that are the top guess given the true ones before them: the copy (NaN: none)."""
+
+
 @torch.no_grad()
-def passkey_accuracy(
+def passkey_scores(
     model: torch.nn.Module,
     tokenizer,
     lengths: Sequence[int],
     prompts: int = DEFAULT_PROMPTS,
     seed: int = 0,
     batch_tokens: int = BATCH_TOKENS,
-) -> dict[int, float]:
-    """Share of passkeys a language model retrieves by greedy decoding, per prompt length.
+) -> dict[int, PasskeyScores]:
+    """Passkey accuracy by greedy decoding and where retrieval breaks, per prompt length, from one forward a prompt.
+
+    A passkey passes only when every token of it comes out right, so accuracy stays 0 while a model copies all but
+    one: a model whose copying matches the one token before the answer (``er``, the end of `` locker``, which the
+    prompt holds three more times) can miss the first token of every key and copy the rest once given it. So the
+    answer's tokens are scored apart too, each given the true ones before it (teacher forcing): the first is the
+    look-up, the later ones the copy.
+
+    One forward over prompt and answer gives both. Greedy decoding writes the teacher-forced guesses up to the first
+    wrong one, so a prompt whose guesses are all right passes, and one whose text up to its first wrong guess already
+    leaves the passkey fails; only the rest (a key spelled in other tokens) is decoded, in batches of its length.
+    The accuracy is greedy decoding's up to float rounding on near ties between the two paths' logits.
 
     Args:
         model: an LLM (``forward(input_ids=, kv_cache=)`` and ``new_kv_cache``, as ``mm_lightning.models.llm.LLM``).
@@ -184,53 +207,20 @@ def passkey_accuracy(
         lengths: prompt lengths in tokens.
         prompts: prompts per length (:func:`build_passkey_prompts`).
         seed: seeds the passkeys.
-        batch_tokens: most prompt tokens decoded together; at least one prompt a batch.
+        batch_tokens: most tokens in one forward; at least one prompt a batch.
 
     Returns:
-        ``{length: accuracy in [0, 1]}``.
+        ``{length: PasskeyScores}``.
     """
     results = {}
     device = next(model.parameters()).device
-    with evaluating(model), _last_position_logits(model):
-        for length in lengths:
-            batch = build_passkey_prompts(tokenizer, length, prompts, seed)
-            rows = max(1, batch_tokens // length)
-            hits = [hit for start in range(0, len(batch), rows)
-                    for hit in _decode_hits(model, tokenizer, batch[start : start + rows], device)]  # fmt: skip
-            results[length] = sum(hits) / len(hits)
-    return results
-
-
-@torch.no_grad()
-def passkey_token_hits(
-    model: torch.nn.Module,
-    tokenizer,
-    lengths: Sequence[int],
-    prompts: int = DEFAULT_PROMPTS,
-    seed: int = 0,
-    batch_tokens: int = BATCH_TOKENS,
-) -> dict[int, tuple[float, float]]:
-    """Where retrieval breaks: the share of answer tokens the model's top guess gets right, each given the true ones
-    before it (teacher forcing), for the answer's first token and for its later ones apart.
-
-    A passkey passes only when every token of it comes out right, so accuracy stays 0 while a model copies all but
-    one: a model whose copying matches the one token before the answer (``er``, the end of `` locker``, which the
-    prompt holds three more times) can miss the first token of every key and copy the rest once given it. The later
-    tokens are the copy; the first is the look-up.
-
-    Returns:
-        ``{length: (first-token share, later-token share)}``, both in [0, 1]; the later share is NaN when no
-        answer has a second token.
-    """
-    results = {}
-    device = next(model.parameters()).device
+    suppress = torch.tensor(READ_ONLY_IDS, device=device)
     with evaluating(model):
         for length in lengths:
             by_answer: dict[int, list[PasskeyPrompt]] = {}  # prompts by answer tokens: one tensor per batch
             for prompt in build_passkey_prompts(tokenizer, length, prompts, seed):
                 by_answer.setdefault(len(prompt.answer_ids), []).append(prompt)
-            first: list[bool] = []
-            later: list[bool] = []
+            passed, first, later, undecided = 0, [], [], []
             for size, group in sorted(by_answer.items()):
                 answered = slice(-size - 1, -1)  # the positions whose next token is an answer token
                 rows = max(1, batch_tokens // (length + size))
@@ -241,11 +231,28 @@ def passkey_token_hits(
                         logits = model(input_ids=ids)
                     if logits.shape[1] != size:  # a model without an lm_head to project fewer positions
                         logits = logits[:, answered]
-                    for prompt, guess in zip(chunk, logits.argmax(-1).tolist()):
-                        first.append(guess[0] == prompt.answer_ids[0])
-                        later += [g == a for g, a in zip(guess[1:], prompt.answer_ids[1:])]
-            results[length] = (sum(first) / len(first), sum(later) / len(later) if later else float("nan"))
+                    guesses = logits.index_fill(-1, suppress, float("-inf")).argmax(-1).tolist()  # as greedy does
+                    for prompt, guess in zip(chunk, guesses):
+                        right = [g == a for g, a in zip(guess, prompt.answer_ids)]
+                        first.append(right[0])
+                        later += right[1:]
+                        if all(right):
+                            passed += 1
+                        elif _may_spell(tokenizer, prompt, guess[: right.index(False) + 1]):
+                            undecided.append(prompt)
+            rows = max(1, batch_tokens // length)
+            with _last_position_logits(model):
+                for start in range(0, len(undecided), rows):
+                    passed += sum(_decode_hits(model, tokenizer, undecided[start : start + rows], device))
+            later_share = sum(later) / len(later) if later else float("nan")
+            results[length] = PasskeyScores(passed / len(first), sum(first) / len(first), later_share)
     return results
+
+
+def _may_spell(tokenizer, prompt: PasskeyPrompt, written: list[int]) -> bool:
+    """Whether greedy text that starts with tokens ``written`` (the answer's up to a wrong guess) can still pass."""
+    text = tokenizer_lib.decode(tokenizer, written).strip()
+    return prompt.passkey.startswith(text) or text.startswith(prompt.passkey)
 
 
 def _decode_hits(model: torch.nn.Module, tokenizer, prompts: list[PasskeyPrompt], device: torch.device) -> list[bool]:

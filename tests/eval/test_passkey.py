@@ -28,10 +28,9 @@ from mm_lightning.eval.passkey import (
     build_passkey_prompt,
     build_passkey_prompts,
     build_video_passkey,
-    passkey_accuracy,
     passkey_chance,
     passkey_metrics,
-    passkey_token_hits,
+    passkey_scores,
     template_sentences,
     video_passkey_accuracy,
 )
@@ -50,22 +49,33 @@ def tok():
 
 
 class Oracle(torch.nn.Module):
-    """Always writes the same answer tokens after any prompt: right for the prompts whose key that is."""
+    """A causal model that writes the same answer tokens after the question of any prompt: right for the prompts
+    whose key they spell.
 
-    def __init__(self, answer: list[int]):
+    At each position it guesses ``answer[k]``, ``k`` tokens after the latest ``end`` token (the question's last),
+    so teacher forcing and greedy decoding (its cache keeps the tokens seen) give the same guesses.
+    """
+
+    def __init__(self, answer: list[int], end: int):
         super().__init__()
-        self.answer, self.weight = answer, torch.nn.Parameter(torch.zeros(1))
+        self.answer, self.end, self.weight = answer, end, torch.nn.Parameter(torch.zeros(1))
 
     def forward(self, input_ids=None, kv_cache=None, **_):
-        step = kv_cache["step"] if kv_cache is not None else 0
-        logits = torch.zeros(input_ids.shape[0], input_ids.shape[1], 400)
-        logits[:, -1, self.answer[min(step, len(self.answer) - 1)]] = 1.0
+        seen = torch.cat([kv_cache["ids"], input_ids], 1) if kv_cache is not None else input_ids
         if kv_cache is not None:
-            kv_cache["step"] += 1
+            kv_cache["ids"] = seen
+        logits = torch.zeros(*input_ids.shape, 400)
+        for row, tokens in enumerate(seen.tolist()):
+            last = -1
+            for position, token in enumerate(tokens):
+                last = position if token == self.end else last
+                column = position - (len(tokens) - input_ids.shape[1])
+                if column >= 0:
+                    logits[row, column, self.answer[min(position - last, len(self.answer) - 1)]] = 1.0
         return logits
 
     def new_kv_cache(self, batch, max_len):
-        return {"step": 0}
+        return {"ids": torch.zeros(batch, 0, dtype=torch.long)}
 
 
 @pytest.mark.parametrize("length", [120, 500, 2000])
@@ -108,13 +118,21 @@ def test_a_length_gets_thirty_deterministic_prompts_with_distinct_keys_at_spread
     assert passkey_chance() == pytest.approx(1 / 90_000)
 
 
-def test_passkey_accuracy_on_the_tiny_llm(tok):
+def test_passkey_scores_on_the_tiny_llm_are_greedy_decodings(tok):
     torch.manual_seed(0)
     llm = build_backbone("llm", "tiny", n_layers=1)
-    accuracy = passkey_accuracy(llm, tok, [128, 256], prompts=4)
-    assert set(accuracy) == {128, 256} and all(0.0 <= a <= 1.0 for a in accuracy.values())
+    scores = passkey_scores(llm, tok, [128, 256], prompts=4)
+    assert set(scores) == {128, 256} and all(0.0 <= s.accuracy <= 1.0 for s in scores.values())
     assert llm.training  # the mode is given back
+    accuracy = {n: s.accuracy for n, s in scores.items()}
     assert passkey_metrics(accuracy) == {"val/passkey@128": accuracy[128], "val/passkey@256": accuracy[256]}
+    with torch.no_grad():
+        llm.eval()
+        for length in (128, 256):  # the figure is greedy decoding's, prompt by prompt
+            prompts = build_passkey_prompts(tok, length, count=4)
+            new = generate(llm, torch.tensor([p.token_ids for p in prompts]), 7, greedy=True)
+            hits = [decode(tok, row.tolist()).strip().startswith(p.passkey) for row, p in zip(new, prompts)]
+            assert accuracy[length] == sum(hits) / 4
 
 
 def test_only_the_last_position_is_projected_while_decoding_and_the_tokens_do_not_change(tok):
@@ -128,11 +146,18 @@ def test_only_the_last_position_is_projected_while_decoding_and_the_tokens_do_no
     assert llm(input_ids=ids).shape == (3, 120, llm.config.vocab_size)  # the hook is gone
 
 
-def test_passkey_accuracy_counts_a_model_that_answers_whatever_the_batching(tok):
+@pytest.mark.parametrize("spelling", ["its tokens", "another spelling"])
+def test_passkey_scores_count_a_model_that_answers_whatever_the_batching(tok, spelling):
     first = build_passkey_prompts(tok, 150, count=3)[0]
-    oracle = Oracle(first.answer_ids)
-    assert passkey_accuracy(oracle, tok, [150, 200], prompts=3) == {150: pytest.approx(1 / 3), 200: 0.0}
-    assert passkey_accuracy(oracle, tok, [150], prompts=3, batch_tokens=150) == {150: pytest.approx(1 / 3)}
+    space = tok.encode(" ").ids
+    # another spelling, two spaces before the key, passes greedy decoding and no teacher-forced guess: it is decoded
+    answer = first.answer_ids if spelling == "its tokens" else space + first.answer_ids
+    oracle = Oracle(answer, end=tok.encode(QUESTION).ids[-1])
+    accuracy = lambda **kw: {n: s.accuracy for n, s in passkey_scores(oracle, tok, prompts=3, **kw).items()}  # noqa: E731
+    assert accuracy(lengths=[150, 200]) == {150: pytest.approx(1 / 3), 200: 0.0}
+    assert accuracy(lengths=[150], batch_tokens=150) == {150: pytest.approx(1 / 3)}
+    first_token = passkey_scores(oracle, tok, [150], prompts=3)[150].first_token
+    assert first_token == 1.0  # every key starts with a space token here, which both spellings write first
 
 
 class NextInput(torch.nn.Module):
@@ -142,29 +167,35 @@ class NextInput(torch.nn.Module):
     ``"Ġ4"``) it fails the look-up and still "copies" the rest, as a model that matches on one token would.
     """
 
-    def __init__(self, vocab: int, blind: set[int] = frozenset()):
+    def __init__(self, vocab: int, blind: set[int] = frozenset(), instead: int = 5):
         super().__init__()
-        self.vocab, self.blind, self.weight = vocab, blind, torch.nn.Parameter(torch.zeros(1))
+        self.instead, self.vocab, self.blind = instead, vocab, blind
+        self.weight = torch.nn.Parameter(torch.zeros(1))
         self.lm_head = torch.nn.Identity()  # so the scorer projects the answer positions only, as on an LLM
 
     def forward(self, input_ids=None, **_):
         following = torch.cat([input_ids[:, 1:], input_ids[:, -1:]], 1)  # [B, T]
         logits = torch.nn.functional.one_hot(following, self.vocab).float()
-        logits[..., 0] += 2.0 * torch.tensor([[t in self.blind for t in row] for row in following.tolist()])
+        blinded = torch.tensor([[t in self.blind for t in row] for row in following.tolist()])
+        logits[..., self.instead] += 2.0 * blinded  # a word, not a read-only id that decoding never writes
         return self.lm_head(logits)
 
 
-def test_passkey_token_hits_tell_the_look_up_from_the_copy(tok):
+def scores_of(model, tok, length, prompts, **kw):
+    score = passkey_scores(model, tok, [length], prompts=prompts, **kw)[length]
+    return score.accuracy, score.first_token, score.later_tokens
+
+
+def test_passkey_scores_tell_the_look_up_from_the_copy(tok):
     prompts = build_passkey_prompts(tok, 200, count=6)
     firsts = {p.answer_ids[0] for p in prompts}
     assert all(len(p.answer_ids) >= 2 for p in prompts)  # each answer has later tokens to copy
-    assert passkey_token_hits(NextInput(400), tok, [200], prompts=6) == {200: (1.0, 1.0)}
-    blind = NextInput(400, blind=firsts - {a for p in prompts for a in p.answer_ids[1:]})
-    first, later = passkey_token_hits(blind, tok, [200], prompts=6, batch_tokens=200)[200]
-    assert first == 0.0 and later == 1.0
+    assert scores_of(NextInput(400), tok, 200, 6) == (1.0, 1.0, 1.0)  # passes without decoding
+    blind = NextInput(400, firsts - {a for p in prompts for a in p.answer_ids[1:]}, instead=tok.encode(" The").ids[0])
+    assert scores_of(blind, tok, 200, 6, batch_tokens=200) == (0.0, 0.0, 1.0)  # its first guess is a word
     torch.manual_seed(0)
-    hits = passkey_token_hits(build_backbone("llm", "tiny", n_layers=1), tok, [128], prompts=3)
-    assert set(hits) == {128} and all(0.0 <= share <= 1.0 for share in hits[128])
+    score = passkey_scores(build_backbone("llm", "tiny", n_layers=1), tok, [128], prompts=3)[128]
+    assert all(0.0 <= share <= 1.0 for share in (score.accuracy, score.first_token, score.later_tokens))
 
 
 def test_video_passkey_hides_one_number_frame(tok):
