@@ -4,6 +4,7 @@ mm-lightning pipeline --config configs/pipelines/demo.yaml              # every 
 mm-lightning pipeline --config configs/pipelines/demo.yaml --dry-run    # the plan only
 mm-lightning pipeline --config configs/pipelines/demo.yaml --stages joint,cooldown
 mm-lightning pipeline --config configs/pipelines/demo.yaml --redo joint # joint and what consumes it again
+mm-lightning pipeline --config configs/pipelines/demo.yaml --concurrent 1  # one stage at a time
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="a dotted config key set in every stage, e.g. trainer.num_nodes=2 (repeatable; VALUE is YAML)",
     )
+    parser.add_argument(
+        "--concurrent",
+        type=int,
+        metavar="N",
+        help="run up to N stages at once where none consumes another's checkpoint, the CPU cores split between "
+        "them (default: the file's concurrent_stages, else 1)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     return parser.parse_args(argv)
 
@@ -59,5 +67,7 @@ def _names(value: str | None) -> list[str] | None:
 def main(argv: list[str]) -> None:
     """Run ``mm-lightning pipeline``; errors and stops propagate to :func:`~mm_lightning.errors.run_command`."""
     args = parse_args(argv)
-    spec = load_pipeline(args.config, run_dir=args.run_dir, overrides=_settings(args.set))
+    spec = load_pipeline(
+        args.config, run_dir=args.run_dir, overrides=_settings(args.set), concurrent_stages=args.concurrent
+    )
     run_pipeline(spec, only=_names(args.stages), redo=_names(args.redo), dry_run=args.dry_run)

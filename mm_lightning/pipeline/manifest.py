@@ -102,6 +102,12 @@ class Manifest:
         entry["wall_time_s"] = round(float(entry.get("wall_time_s", 0.0)) + seconds, 1)
         self.save()
 
+    def add_pipeline_time(self, seconds: float) -> None:
+        """Add one ``mm-lightning pipeline`` command's time running stages (stages side by side overlap, so the
+        stages' own wall times add up to more)."""
+        self.data["wall_time_s"] = round(float(self.data.get("wall_time_s", 0.0)) + seconds, 1)
+        self.save()
+
     def stop_stage(self, name: str, problem: str) -> None:
         self._entry(name).update(status="stopped", problem=problem)
         self.save()

@@ -405,16 +405,21 @@ def _format_stage(stage: Stage, checks: list[Check]) -> list[str]:
     return lines + _format_evaluations(stage) + format_checks(checks)
 
 
-def _format_totals(stages: list[Stage], checks: list[list[Check]]) -> list[str]:
-    """Totals, the capability verdict (:mod:`~mm_lightning.pipeline.verdict`), then the headline metrics'."""
+def _format_totals(stages: list[Stage], checks: list[list[Check]], pipeline_time: float | None) -> list[str]:
+    """Totals, the capability verdict (:mod:`~mm_lightning.pipeline.verdict`), then the headline metrics'.
+
+    ``pipeline_time``: the ``mm-lightning pipeline`` commands' own time running stages, shorter than the stages'
+    summed when some ran side by side (both are given then)."""
     ran = [stage for stage in stages if stage.get("steps") is not None and stage.get("status") != "pending"]
     tokens = sum(stage.get("tokens") or 0 for stage in ran)
-    wall_time = sum(stage.get("wall_time_s") or 0.0 for stage in ran)
+    summed = sum(stage.get("wall_time_s") or 0.0 for stage in ran)
+    wall_time = format_duration(summed)
+    if pipeline_time and pipeline_time < summed - 1:
+        wall_time = f"{format_duration(pipeline_time)} (the stages' own {wall_time} summed: some ran side by side)"
     scored = [stage for stage in ran if _format_metric(stage.get("metric"))]
     better = sum(_is_better(stage["metric"]) is True for stage in scored)
     return [
-        f"Total: {len(ran)} of {len(stages)} stages run, tokens {_format_tokens(tokens)}, "
-        f"wall time {format_duration(wall_time)}",
+        f"Total: {len(ran)} of {len(stages)} stages run, tokens {_format_tokens(tokens)}, wall time {wall_time}",
         format_verdict_totals(stages, checks),
         f"Headline metrics (secondary: perplexity, loss, recall): {better} of {len(scored)} stages beat their start",
     ]
@@ -438,7 +443,7 @@ def format_summary(manifest: dict) -> str:
     checks = pipeline_checks(manifest["stages"])
     for stage, found in zip(manifest["stages"], checks):
         lines += [*_format_stage(stage, found), ""]
-    lines += _format_totals(manifest["stages"], checks)
+    lines += _format_totals(manifest["stages"], checks, manifest.get("wall_time_s"))
     return "\n".join(lines) + "\n"
 
 

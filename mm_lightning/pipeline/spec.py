@@ -33,7 +33,7 @@ import yaml
 from mm_lightning.errors import ConfigError
 
 STAGE_KEYS = {"name", "title", "config", "overrides", "inputs", "metric"}
-PIPELINE_KEYS = {"name", "run_dir", "overrides", "stages"}
+PIPELINE_KEYS = {"name", "run_dir", "overrides", "stages", "concurrent_stages"}
 # how a stage runs, not what it computes: changing these does not make a finished stage stale
 RUNTIME_KEYS = ("trainer.devices", "trainer.num_nodes", "trainer.strategy", "data.init_args.num_workers")
 HIGHER_IS_BETTER = ("r@", "passkey", "acc", "copy@", "copy_gain@")
@@ -72,6 +72,7 @@ class PipelineSpec:
     path: Path
     run_dir: Path
     stages: tuple[StageSpec, ...]
+    concurrent_stages: int = 1  # stages run at once when none consumes another's checkpoint (runner)
 
     def stage(self, name: str) -> StageSpec:
         """The stage called ``name``, or a clear error listing the known ones."""
@@ -101,7 +102,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_pipeline(
-    path: str | Path, run_dir: str | Path | None = None, overrides: dict[str, Any] | None = None
+    path: str | Path,
+    run_dir: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    concurrent_stages: int | None = None,
 ) -> PipelineSpec:
     """Parse and check a pipeline file.
 
@@ -109,6 +113,7 @@ def load_pipeline(
         path: the pipeline file.
         run_dir: replaces the file's ``run_dir``.
         overrides: dotted keys set in every stage, after the file's top-level and per-stage ``overrides``.
+        concurrent_stages: replaces the file's ``concurrent_stages`` (default 1: one stage at a time).
     """
     path = Path(path)
     raw = load_yaml(path)
@@ -130,7 +135,11 @@ def load_pipeline(
                 raise ConfigError(f"{path}: stage {stage.name!r} input {key} names an unknown stage {source!r}.")
     name = str(raw.get("name", path.stem))
     folder = Path(run_dir if run_dir is not None else raw.get("run_dir", f"runs/pipelines/{name}"))
-    return PipelineSpec(name=name, path=path, run_dir=folder.absolute(), stages=tuple(order_stages(stages, path)))
+    width = raw.get("concurrent_stages", 1) if concurrent_stages is None else concurrent_stages
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ConfigError(f"{path}: `concurrent_stages` is a whole number of stages, 1 or more, not {width!r}.")
+    ordered = tuple(order_stages(stages, path))
+    return PipelineSpec(name=name, path=path, run_dir=folder.absolute(), stages=ordered, concurrent_stages=width)
 
 
 def _refuse_unknown(mapping: dict, allowed: set[str], where: str) -> None:
