@@ -109,7 +109,8 @@ def _run_stages(spec: PipelineSpec, manifest: Manifest, plans: list[StagePlan], 
             threads = max(1, _cores() // width) if len(running) + len(batch) > 1 else None
             for plan in batch:
                 to_file = any(launched.output is None for launched in running)
-                company = [launched.name for launched in running] + [p.stage.name for p in batch if p is not plan]
+                company = [name for name in dict.fromkeys([r.name for r in running] + [p.stage.name for p in batch])
+                           if name != plan.stage.name]  # fmt: skip
                 _say(plan.header + _side_by_side_note(spec, plan, company, threads, to_file))
                 running.append(launch_stage(spec, plan, manifest, threads, to_file))
                 waiting.remove(plan)

@@ -54,10 +54,10 @@ def test_demo_stages_follow_the_pipeline_and_its_callbacks() -> None:
     stages = bench_common.demo_stages()
     assert list(stages) == ["text", "vit", "align", "joint", "cooldown", "long_context"]
     assert stages["text"]["data"]["init_args"]["data_path"] == "demo:sotu-captions"  # the captions overlay
-    assert stages["joint"]["trainer"]["max_steps"] == 240  # the pipeline's override
+    assert stages["joint"]["trainer"]["max_steps"] == 270  # the pipeline's override
     joint = bench_common.build_datamodule(stages["joint"])
     assert isinstance(joint, MixtureDataModule)
-    assert (joint.share.start, joint.share.end, joint.share.ramp_samples) == (0.9, 0.98, 240 * 40)  # ProgressiveMixing
+    assert (joint.share.start, joint.share.end, joint.share.ramp_samples) == (0.9, 0.98, 270 * 40)  # ProgressiveMixing
     assert bench_common.build_datamodule(stages["long_context"]).seq_len == 1024  # RoPEBaseSwitch's seq_len
 
 

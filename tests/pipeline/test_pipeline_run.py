@@ -39,6 +39,7 @@ def test_the_demo_pipeline_runs_every_stage_and_writes_manifest_logs_and_report(
     assert list(stages) == ["text", "vit", "align", "joint", "cooldown", "long_context"]
     stdout = (uninterrupted.parent / "stdout.txt").read_text()
     assert "stage 4/6 joint: joint pre-training (recipe stage 3)" in stdout
+    assert "· beside vit on " in stdout and "Trainer.fit" in (uninterrupted / "vit" / "output.log").read_text()
     for name, entry in stages.items():
         assert entry["status"] == "finished" and entry["attempts"] == 1, (name, entry)
         assert Path(entry["checkpoint"]).is_file() and Path(entry["resolved_config"]).is_file()
@@ -54,6 +55,8 @@ def test_the_demo_pipeline_runs_every_stage_and_writes_manifest_logs_and_report(
     assert checkpoints["joint"] == ["step10.ckpt", "step6.ckpt", "step8.ckpt"]
     assert stages["long_context"]["rope_base"] == 800_000 and stages["long_context"]["seq_len"] == 1024
     assert stages["text"]["rope_base"] == 50_000 and stages["vit"]["rope_base"] is None
+    manifest = json.loads((uninterrupted / "manifest.json").read_text())  # text and vit side by side: less in all
+    assert 0 < manifest["wall_time_s"] < sum(entry["wall_time_s"] for entry in stages.values())
     report = uninterrupted / "report.png"
     assert report.stat().st_size > 20_000 and report.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = (uninterrupted / "summary.txt").read_text()
