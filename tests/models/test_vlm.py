@@ -68,3 +68,31 @@ def test_mismatches_fail_clearly():
         vlm.embed(ids[None])
     with pytest.raises(ValueError, match="placeholders for 2 images"):
         expand_image_placeholders([IMAGE, 5], [4, 4], IMAGE)
+
+
+def test_under_cpu_bf16_autocast_the_llm_runs_bf16_and_the_vit_fp32():
+    """``bf16-mixed`` on a CPU: the ViT and projector compute in fp32 (what autocast gives them is slower there),
+    the LLM's matmuls in bf16; the image tokens equal the fp32 model's exactly."""
+    vlm = micro_vlm()
+    patches, grid, ids = sample(vlm, 24, 24, [5, 6], 0)
+    packed = pack_patches([patches], [grid])
+    dtypes: dict[str, torch.dtype] = {}
+
+    def record(name: str):
+        def hook(module, args, out) -> None:
+            dtypes.setdefault(name, out.dtype)
+
+        return hook
+
+    hooks = [vlm.vit.blocks[0].mlp.register_forward_hook(record("vit_block")),
+             vlm.llm.blocks[0].mlp.register_forward_hook(record("llm_block"))]  # fmt: skip
+    with torch.no_grad():
+        fp32 = vlm.image_tokens(packed["patches"], packed["grid_hw"], packed["seq_ids"])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = vlm.image_tokens(packed["patches"], packed["grid_hw"], packed["seq_ids"])
+            dtypes.clear()
+            vlm(ids[None], packed["patches"], packed["grid_hw"], packed["seq_ids"])
+    for hook in hooks:
+        hook.remove()
+    torch.testing.assert_close(mixed, fp32, atol=0, rtol=0)
+    assert dtypes == {"vit_block": torch.float32, "llm_block": torch.bfloat16}

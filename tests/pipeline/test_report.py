@@ -204,3 +204,12 @@ def test_named_validation_sets_are_summarised_with_their_kind():
     assert _evaluation_group("val/text_ppl_long_text_32k+replay_text_32k") == "perplexity"
     assert _evaluation_group("val/multimodal_loss_scenes") == _evaluation_group("val/caption") == "caption quality"
     assert _evaluation_group("val/text_loss_sotu") is None  # the perplexity says it
+
+
+def test_the_total_gives_the_pipelines_own_time_when_stages_ran_side_by_side():
+    stages = [{"name": name, "index": i, "status": "finished", "steps": 5, "global_step_start": 0, "global_step": 5,
+               "wall_time_s": 300.0} for i, name in enumerate(("text", "vit"), start=1)]  # fmt: skip
+    alone = format_summary(manifest_of(stages) | {"wall_time_s": 601.0})  # one after the other
+    assert "wall time 10 min 0 s\n" in alone
+    side_by_side = format_summary(manifest_of(stages) | {"wall_time_s": 310.0})
+    assert "wall time 5 min 10 s (the stages' own 10 min 0 s summed: some ran side by side)" in side_by_side
