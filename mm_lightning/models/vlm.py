@@ -45,9 +45,9 @@ class VLM(nn.Module):
         """Projected tokens of all images in order, ``[sum_i n_i, llm_dim]``, from packed patches ``[1, N, 3p²]``.
 
         On the CPU the ViT and projector run in fp32 even under bf16 autocast (``bf16-auto`` / ``bf16-mixed``): their
-        small matmuls gain nothing from bf16 there and the casts and the bf16 bicubic resize of the position table
-        cost more, so only the LLM's matmuls run in bf16 (the demo's joint step: 1.21 s fp32, 1.26 s all bf16, 1.00 s
-        this way; README, "bf16 for the LLM"). On a GPU autocast covers the whole model.
+        small matmuls gain nothing from bf16 there (the ViT stage: 0.99x) and the casts cost, so only the LLM's matmuls
+        run in bf16 (README, "Precision": the demo's joint step ~1.2x faster this way, slower with the whole model in
+        bf16). On a GPU autocast covers the whole model.
         """
         with torch.autocast("cpu", enabled=False) if patches.device.type == "cpu" else contextlib.nullcontext():
             features = self.vit(patches, grid_hw, patch_seq_ids)  # [1, N, Dv]
