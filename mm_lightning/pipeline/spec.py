@@ -137,7 +137,8 @@ def load_pipeline(
     folder = Path(run_dir if run_dir is not None else raw.get("run_dir", f"runs/pipelines/{name}"))
     width = raw.get("concurrent_stages", 1) if concurrent_stages is None else concurrent_stages
     if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-        raise ConfigError(f"{path}: `concurrent_stages` is a whole number of stages, 1 or more, not {width!r}.")
+        where = f"{path}: `concurrent_stages`" if concurrent_stages is None else "--concurrent"
+        raise ConfigError(f"{where} is a whole number of stages, 1 or more, not {width!r}.")
     ordered = tuple(order_stages(stages, path))
     return PipelineSpec(name=name, path=path, run_dir=folder.absolute(), stages=ordered, concurrent_stages=width)
 

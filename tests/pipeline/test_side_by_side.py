@@ -122,3 +122,5 @@ def test_concurrent_stages_must_be_a_whole_number_from_one(tmp_path: Path, value
     with pytest.raises(ConfigError, match="concurrent_stages"):
         load_pipeline(path)
     assert load_pipeline(path, concurrent_stages=3).concurrent_stages == 3  # --concurrent replaces the file's
+    with pytest.raises(ConfigError, match="^--concurrent is a whole number"):
+        load_pipeline(path, concurrent_stages=0)
