@@ -95,9 +95,9 @@ def _run_stages(spec: PipelineSpec, manifest: Manifest, plans: list[StagePlan], 
     """Run the plans, up to ``spec.concurrent_stages`` at once (one under several ranks), each after its inputs."""
     width = spec.concurrent_stages if int(os.environ.get("WORLD_SIZE", "1")) == 1 else 1
     waiting, running = list(plans), []
-    done = {plan.stage.name for plan in plans if plan.action == "skip"} | {
-        name for plan in plans for name in plan.stage.needs if name not in {p.stage.name for p in plans}
-    }  # stages outside --stages are finished and current (plan_pipeline checked)
+    planned = {plan.stage.name for plan in plans}
+    outside = {name for plan in plans for name in plan.stage.needs} - planned  # finished and current (plan checked)
+    done = outside | {plan.stage.name for plan in plans if plan.action == "skip"}
     failure: PipelineStopped | None = None
     try:
         while waiting or running:
@@ -106,11 +106,11 @@ def _run_stages(spec: PipelineSpec, manifest: Manifest, plans: list[StagePlan], 
                 _say(plan.header)
                 waiting.remove(plan)
             batch = [plan for plan in ready if plan.action != "skip"][: width - len(running)]
-            threads = max(1, _cores() // width) if len(running) + len(batch) > 1 else None
+            together = [launched.name for launched in running] + [plan.stage.name for plan in batch]
+            threads = max(1, _cores() // width) if len(together) > 1 else None
             for plan in batch:
                 to_file = any(launched.output is None for launched in running)
-                company = [name for name in dict.fromkeys([r.name for r in running] + [p.stage.name for p in batch])
-                           if name != plan.stage.name]  # fmt: skip
+                company = [name for name in together if name != plan.stage.name]
                 _say(plan.header + _side_by_side_note(spec, plan, company, threads, to_file))
                 running.append(launch_stage(spec, plan, manifest, threads, to_file))
                 waiting.remove(plan)
