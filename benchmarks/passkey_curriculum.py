@@ -1,0 +1,185 @@
+"""Can direct retrieval training teach the tiny LLM the passkey? Train it on look-ups and score the passkey as it goes.
+
+Issue 12's long demo needs the passkey at 90% (1x stage 1's rows) and 80% (4x) after stage 5, and its LLM passes
+none. This script asks the question without the rest of the pipeline: it trains an LLM, fresh or a stage checkpoint's,
+on a mix of rows that reward reading the context, and scores the passkey every ``--every`` steps
+(:func:`~mm_lightning.eval.passkey.passkey_scores`: accuracy, the look-up's first token, the copy's later ones).
+The row kinds (``--mix kind:weight,...``, drawn per row):
+
+* ``recall``: recall documents (:mod:`mm_lightning.demo.recall`), facts stated between address passages and later
+  stated again in the same words; ``--passages`` sets how many sentences lie between, so how far back a look-up reaches.
+  Their wording shares no sentence with the passkey's template (``tests/eval/test_passkey.py``).
+* ``copy``: copy rows (:mod:`mm_lightning.data.copy_rows`), a span of 32 random ids said again after up to
+  ``seq_len - 80`` other ids.
+* ``text``: windows of the State of the Union addresses (the demo corpus).
+
+``--add-key-smear LOGIT`` gives a checkpoint's LLM smeared keys it was not trained with (``ops/key_smear.py``), their
+gates starting at ``sigmoid(LOGIT)`` (their LR times ``--gate-lr-scale``): whether a stage-5 model can still take up the
+one-layer copying head. The RoPE base is ``--rope-base`` (stage 5's 800,000 by default). A linear warm-up of 20 steps,
+then a constant LR; bf16 autocast on a CPU that has it is left to ``--bf16``.
+
+Usage (the README's runs, "Why the passkey stays at 0")::
+
+    python benchmarks/passkey_curriculum.py --ckpt runs/pipelines/demo_long/cooldown/checkpoints/last.ckpt \\
+        --add-key-smear -2 --gate-lr-scale 30 --optimizer muon --mix text:0.3,recall:0.5,copy:0.2 --steps 300
+    python benchmarks/passkey_curriculum.py --key-smear --optimizer muon --lr 3e-3 --rope-base 50000 \\
+        --mix copy:0.3,recall:0.5,text:0.2 --seq-len 256 --rows 16 --passages 0,2 --steps 600 --every 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from mm_lightning import tokenizer as tokenizer_lib
+from mm_lightning.checkpoint import checkpoint_meta, load_checkpoint, recorded_tokenizer
+from mm_lightning.data.copy_rows import copy_rows_dataset
+from mm_lightning.demo.corpora import SOTU, ensure_demo_text, read_corpus
+from mm_lightning.demo.recall import RecallConfig, address_sentences, recall_document
+from mm_lightning.eval.passkey import passkey_scores
+from mm_lightning.models.registry import build_backbone, build_from_config, config_from_dict
+from mm_lightning.optim import OptimizerConfig, build_optimizer
+
+KINDS = ("recall", "copy", "text")
+WARMUP_STEPS = 20
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    """``"recall:0.5,copy:0.2"`` -> ``{"recall": 0.5, "copy": 0.2}``; a clear ``ValueError`` for anything else."""
+    mix = {}
+    for part in text.split(","):
+        kind, _, weight = part.partition(":")
+        if kind not in KINDS or not weight:
+            raise ValueError(f"--mix takes kind:weight pairs with kinds {', '.join(KINDS)}, got {part!r}")
+        mix[kind] = float(weight)
+    if not all(w >= 0 for w in mix.values()) or not sum(mix.values()) > 0:
+        raise ValueError(f"--mix weights must be >= 0 and not all 0, got {text!r}")
+    return mix
+
+
+def load_llm(args: argparse.Namespace):
+    """The LLM to train and its tokenizer: a checkpoint's (smeared keys added if asked) or a fresh preset's."""
+    if args.ckpt is None:
+        tokenizer = tokenizer_lib.load_tokenizer(ensure_demo_text("demo:sotu") / "tokenizer.json")
+        smear = {"key_smear": True} if args.key_smear else {}
+        return build_backbone("llm", args.preset, vocab_size=tokenizer.get_vocab_size(), **smear), tokenizer
+    checkpoint = load_checkpoint(args.ckpt)
+    meta = checkpoint_meta(checkpoint, args.ckpt)
+    config = dict(meta["backbones"]["llm"])
+    if args.add_key_smear is not None:
+        config.update(key_smear=True, key_smear_init=args.add_key_smear)
+    llm = build_from_config("llm", config_from_dict("llm", config))
+    prefix = meta.get("prefixes", {}).get("llm", "llm.")
+    state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    missing, unexpected = llm.load_state_dict(state, strict=False)
+    if unexpected or any("smear_logit" not in name for name in missing):
+        raise SystemExit(f"{args.ckpt}: its LLM does not fit (missing {missing}, unexpected {unexpected})")
+    return llm, recorded_tokenizer(meta)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ckpt", type=Path, help="a stage checkpoint whose LLM trains (default: a fresh preset)")
+    parser.add_argument("--preset", default="tiny", help="the fresh LLM's preset")
+    parser.add_argument("--key-smear", action="store_true", help="the fresh LLM with smeared keys")
+    parser.add_argument("--add-key-smear", type=float, metavar="LOGIT", help="add smeared keys to --ckpt's LLM")
+    parser.add_argument("--gate-lr-scale", type=float, default=1.0, help="LR multiplier of the smear gates")
+    parser.add_argument("--optimizer", choices=("adamw", "muon"), default="adamw")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--every", type=int, default=50, help="score the passkey every N steps")
+    parser.add_argument("--seq-len", type=int, default=1024, help="tokens a training row")
+    parser.add_argument("--rows", type=int, default=4, help="rows a step")
+    parser.add_argument("--mix", default="text:0.3,recall:0.5,copy:0.2", help="row kinds and their weights")
+    parser.add_argument("--facts", default="1,3", help="fewest,most facts of a recall document")
+    parser.add_argument("--passages", default="1,7", help="fewest,most address sentences between two statements")
+    parser.add_argument("--rope-base", type=float, default=800_000.0)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[256, 1024], help="passkey prompt lengths")
+    parser.add_argument("--prompts", type=int, default=30, help="passkey prompts a length")
+    parser.add_argument("--bf16", action="store_true", help="train under bf16 autocast")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="write the curve as JSON here")
+    args = parser.parse_args(argv)
+    try:
+        mix = parse_mix(args.mix)
+        recall = RecallConfig(facts=tuple(map(int, args.facts.split(","))),
+                              passage_sentences=tuple(map(int, args.passages.split(","))))  # fmt: skip
+    except ValueError as error:
+        parser.error(str(error))
+    if args.steps < 1 or args.every < 1 or args.seq_len < 96 or args.rows < 1:
+        parser.error("--steps, --every and --rows must be at least 1, --seq-len at least 96")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    llm, tokenizer = load_llm(args)
+    llm.set_rope_base(args.rope_base)
+    scales = {name: args.gate_lr_scale for name, _ in llm.named_parameters() if "smear_logit" in name}
+    config = OptimizerConfig(name=args.optimizer, weight_decay=0.1, lr_scales=scales if args.gate_lr_scale != 1 else {})
+    optimizer = build_optimizer(llm, config, args.lr)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
+
+    addresses = [record["text"] for record in read_corpus(SOTU)]
+    eod = tokenizer_lib.eod_id(tokenizer)
+    stream = torch.tensor([i for ids in tokenizer_lib.encode_batch(tokenizer, addresses) for i in [*ids, eod]])
+    sentences, rng = address_sentences(addresses), random.Random(args.seed)
+    copies = copy_rows_dataset(tokenizer, 1 << 20, args.seq_len, 32, args.seq_len - 80, args.seed)
+
+    def row(kind: str, index: int) -> torch.Tensor:  # [seq_len + 1]
+        if kind == "copy":
+            return copies[index]
+        if kind == "text":
+            start = rng.randrange(len(stream) - args.seq_len - 1)
+            return stream[start : start + args.seq_len + 1]
+        ids: list[int] = []
+        while len(ids) <= args.seq_len:
+            ids += [*tokenizer_lib.encode(tokenizer, recall_document(rng, sentences, recall)), eod]
+        return torch.tensor(ids[: args.seq_len + 1])
+
+    curve, start = [], time.perf_counter()
+
+    def score(step: int, loss: float | None) -> None:
+        scores = passkey_scores(llm, tokenizer, args.lengths, args.prompts, seed=args.seed)
+        llm.train()
+        point = {"step": step, "loss": loss, "seconds": round(time.perf_counter() - start, 1),
+                 **{f"{key}@{n}": getattr(s, key) for n, s in scores.items()
+                    for key in ("accuracy", "first_token", "later_tokens")}}  # fmt: skip
+        curve.append(point)
+        shown = "  ".join(f"@{n} passkey {s.accuracy:.2f} first {s.first_token:.2f} later {s.later_tokens:.2f}"
+                          for n, s in scores.items())  # fmt: skip
+        shown_loss = "  -  " if loss is None else f"{loss:.3f}"
+        print(f"step {step:5d}  loss {shown_loss}  {shown}  ({point['seconds']:.0f} s)", flush=True)
+
+    score(0, None)
+    llm.train()
+    for step in range(1, args.steps + 1):
+        kinds = rng.choices(list(mix), list(mix.values()), k=args.rows)
+        batch = torch.stack([row(kind, step * args.rows + r) for r, kind in enumerate(kinds)])  # [R, T + 1]
+        for group, lr in zip(optimizer.param_groups, base_lrs):
+            group["lr"] = lr * min(1.0, step / WARMUP_STEPS)
+        with torch.autocast("cpu", torch.bfloat16, enabled=args.bf16):
+            logits = llm(input_ids=batch[:, :-1])  # [R, T, V]
+        loss = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(llm.parameters(), 1.0)
+        optimizer.step()
+        if step % args.every == 0 or step == args.steps:
+            score(step, loss.item())
+    gates = {name: torch.sigmoid(p.detach()).tolist() for name, p in llm.named_parameters() if "smear_logit" in name}
+    if gates:
+        print("smear gates (each key's share of its predecessor's):", json.dumps(gates))
+    result = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "curve": curve,
+              "smear_gates": gates}  # fmt: skip
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
