@@ -21,9 +21,9 @@ then a constant LR; bf16 autocast on a CPU that has it is left to ``--bf16``.
 Usage (the README's runs, "Why the passkey stays at 0")::
 
     python benchmarks/passkey_curriculum.py --ckpt runs/pipelines/demo_long/cooldown/checkpoints/last.ckpt \\
-        --add-key-smear -2 --gate-lr-scale 30 --optimizer muon --mix text:0.3,recall:0.5,copy:0.2 --steps 300
+        --add-key-smear -2 --gate-lr-scale 30 --optimizer muon --steps 300 --every 100 --bf16
     python benchmarks/passkey_curriculum.py --key-smear --optimizer muon --lr 3e-3 --rope-base 50000 \\
-        --mix copy:0.3,recall:0.5,text:0.2 --seq-len 256 --rows 16 --passages 0,2 --steps 600 --every 100
+        --mix copy:0.3,recall:0.5,text:0.2 --seq-len 256 --rows 16 --passages 0,2 --steps 600 --every 100 --bf16
 """
 
 from __future__ import annotations
