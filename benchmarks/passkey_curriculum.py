@@ -29,6 +29,7 @@ Usage (the README's runs, "Why the passkey stays at 0")::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import time
@@ -38,12 +39,12 @@ import torch
 import torch.nn.functional as F
 
 from mm_lightning import tokenizer as tokenizer_lib
-from mm_lightning.checkpoint import checkpoint_meta, load_checkpoint, recorded_tokenizer
+from mm_lightning.checkpoint import load_backbone, recorded_tokenizer
 from mm_lightning.data.copy_rows import copy_rows_dataset
 from mm_lightning.demo.corpora import SOTU, ensure_demo_text, read_corpus
 from mm_lightning.demo.recall import RecallConfig, address_sentences, recall_document
 from mm_lightning.eval.passkey import passkey_scores
-from mm_lightning.models.registry import build_backbone, build_from_config, config_from_dict
+from mm_lightning.models.registry import build_backbone, build_from_config
 from mm_lightning.optim import OptimizerConfig, build_optimizer
 
 KINDS = ("recall", "copy", "text")
@@ -69,18 +70,14 @@ def load_llm(args: argparse.Namespace):
         tokenizer = tokenizer_lib.load_tokenizer(ensure_demo_text("demo:sotu") / "tokenizer.json")
         smear = {"key_smear": True} if args.key_smear else {}
         return build_backbone("llm", args.preset, vocab_size=tokenizer.get_vocab_size(), **smear), tokenizer
-    checkpoint = load_checkpoint(args.ckpt)
-    meta = checkpoint_meta(checkpoint, args.ckpt)
-    config = dict(meta["backbones"]["llm"])
-    if args.add_key_smear is not None:
-        config.update(key_smear=True, key_smear_init=args.add_key_smear)
-    llm = build_from_config("llm", config_from_dict("llm", config))
-    prefix = meta.get("prefixes", {}).get("llm", "llm.")
-    state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    missing, unexpected = llm.load_state_dict(state, strict=False)
-    if unexpected or any("smear_logit" not in name for name in missing):
-        raise SystemExit(f"{args.ckpt}: its LLM does not fit (missing {missing}, unexpected {unexpected})")
-    return llm, recorded_tokenizer(meta)
+    llm = load_backbone(args.ckpt, "llm")
+    if args.add_key_smear is not None:  # the same weights in an LLM whose keys also have smear gates
+        config = dataclasses.replace(llm.config, key_smear=True, key_smear_init=args.add_key_smear)
+        smeared = build_from_config("llm", config)
+        missing, unexpected = smeared.load_state_dict(llm.state_dict(), strict=False)
+        assert not unexpected and all("smear_logit" in name for name in missing), (missing, unexpected)
+        llm = smeared
+    return llm, recorded_tokenizer(args.ckpt)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -115,6 +112,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(str(error))
     if args.steps < 1 or args.every < 1 or args.seq_len < 96 or args.rows < 1:
         parser.error("--steps, --every and --rows must be at least 1, --seq-len at least 96")
+    if (args.ckpt is None and args.add_key_smear is not None) or (args.ckpt is not None and args.key_smear):
+        parser.error("--add-key-smear goes with --ckpt, --key-smear without it (a fresh LLM)")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     llm, tokenizer = load_llm(args)
@@ -126,7 +125,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     addresses = [record["text"] for record in read_corpus(SOTU)]
     eod = tokenizer_lib.eod_id(tokenizer)
-    stream = torch.tensor([i for ids in tokenizer_lib.encode_batch(tokenizer, addresses) for i in [*ids, eod]])
+    stream = torch.tensor([i for ids in tokenizer_lib.encode_batch(tokenizer, addresses) for i in [*ids, eod]]
+                          if "text" in mix else [])  # fmt: skip
     sentences, rng = address_sentences(addresses), random.Random(args.seed)
     copies = copy_rows_dataset(tokenizer, 1 << 20, args.seq_len, 32, args.seq_len - 80, args.seed)
 

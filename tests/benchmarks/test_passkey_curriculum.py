@@ -39,3 +39,10 @@ def test_smeared_keys_added_to_a_checkpoint_start_at_the_given_gate(tiny_checkpo
                                       "--lengths", "128", "--prompts", "2"])  # fmt: skip
     gates = [share for shares in result["smear_gates"].values() for share in shares]
     assert gates and all(0.05 < share < 0.3 for share in gates)  # sigmoid(-2) = 0.12, one step away
+
+
+@pytest.mark.parametrize("flags", [["--add-key-smear", "-2"], ["--ckpt", "text.ckpt", "--key-smear"]])
+def test_smear_flags_that_do_not_fit_the_model_source_are_refused(flags, capsys) -> None:
+    with pytest.raises(SystemExit):
+        passkey_curriculum.main(flags)
+    assert "--add-key-smear goes with --ckpt, --key-smear without it" in capsys.readouterr().err
