@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seq-len", type=int, default=1024, help="tokens a training row")
     parser.add_argument("--rows", type=int, default=4, help="rows a step")
     parser.add_argument("--mix", default="text:0.3,recall:0.5,copy:0.2", help="row kinds and their weights")
+    parser.add_argument("--decoys", type=int, default=0, help="decoy pieces of each copy row's span in its gap")
     parser.add_argument("--facts", default="1,3", help="fewest,most facts of a recall document")
     parser.add_argument("--passages", default="1,7", help="fewest,most address sentences between two statements")
     parser.add_argument("--rope-base", type=float, default=800_000.0)
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     stream = torch.tensor([i for ids in tokenizer_lib.encode_batch(tokenizer, addresses) for i in [*ids, eod]]
                           if "text" in mix else [])  # fmt: skip
     sentences, rng = address_sentences(addresses), random.Random(args.seed)
-    copies = copy_rows_dataset(tokenizer, 1 << 20, args.seq_len, 32, args.seq_len - 80, args.seed)
+    copies = copy_rows_dataset(tokenizer, 1 << 20, args.seq_len, 32, args.seq_len - 80, args.seed, args.decoys)
 
     def row(kind: str, index: int) -> torch.Tensor:  # [seq_len + 1]
         if kind == "copy":

@@ -36,26 +36,34 @@ TRAIN_ROWS, VAL_ROWS = 1 << 16, 64
 """Default training and validation rows."""
 
 
-def check_copy_rows(span: int, gap: int, seq_len: int, where: str) -> None:
+def check_copy_rows(span: int, gap: int, seq_len: int, where: str, decoys: int = 0) -> None:
     """A clear ``ConfigError`` (naming ``where``) for copy rows that cannot hold a span and its repeat."""
+    if decoys < 0:
+        raise ConfigError(f"{where} needs decoys >= 0, got {decoys}")
     if span < 1 or gap < 0 or seq_len < 2 * span + 1:
         raise ConfigError(f"{where} needs span >= 1, gap >= 0 and seq_len >= 2 * span + 1 (a span and its repeat in "
                           f"a row), got span={span}, gap={gap}, seq_len={seq_len}")  # fmt: skip
 
 
-def copy_rows_dataset(tokenizer: Any, num_rows: int, seq_len: int, span: int, gap: int, seed: int) -> CopyRowsDataset:
+def copy_rows_dataset(tokenizer: Any, num_rows: int, seq_len: int, span: int, gap: int, seed: int,
+                      decoys: int = 0) -> CopyRowsDataset:  # fmt: skip
     """Copy rows in ``tokenizer``'s vocabulary: spans of its ordinary ids (never a special token), EOD between."""
     ids = (len(tokenizer_lib.SPECIAL_TOKENS), tokenizer.get_vocab_size())
-    return CopyRowsDataset(num_rows, seq_len, span, gap, ids, tokenizer_lib.eod_id(tokenizer), seed)
+    return CopyRowsDataset(num_rows, seq_len, span, gap, ids, tokenizer_lib.eod_id(tokenizer), seed, decoys)
 
 
 class CopyRowsDataset(Dataset):
-    """``num_rows`` rows of ``seq_len + 1`` tokens, each packed with ``[s, g, s, EOD]`` documents."""
+    """``num_rows`` rows of ``seq_len + 1`` tokens, each packed with ``[s, g, s, EOD]`` documents.
+
+    With ``decoys``, up to that many pieces of each span are planted in its gap, each one or two of its tokens
+    followed by a random id: a head that finds "the last time this token came" lands on a decoy nearer than the span
+    and predicts the wrong id, so only a match on the two or three tokens before the one to predict copies right.
+    """
 
     def __init__(self, num_rows: int, seq_len: int, span: int, gap: int, ids: tuple[int, int], eod_id: int,
-                 seed: int) -> None:  # fmt: skip
+                 seed: int, decoys: int = 0) -> None:  # fmt: skip
         self.num_rows, self.seq_len, self.span, self.gap = num_rows, seq_len, span, gap
-        self.ids, self.eod_id, self.seed = ids, eod_id, seed
+        self.ids, self.eod_id, self.seed, self.decoys = ids, eod_id, seed, decoys
 
     def __len__(self) -> int:
         return self.num_rows
@@ -68,9 +76,29 @@ class CopyRowsDataset(Dataset):
             span = torch.randint(low, high, (self.span,), generator=generator)
             gap = torch.randint(low, high, (int(torch.randint(0, self.gap + 1, (1,), generator=generator)),),
                                 generator=generator)  # fmt: skip
+            if self.decoys:
+                self._plant_decoys(span, gap, generator)
             documents.append(torch.cat([span, gap, span, torch.tensor([self.eod_id])]))
             length += len(documents[-1])
         return torch.cat(documents)[: self.seq_len + 1]  # [T + 1]
+
+    def _plant_decoys(self, span: Tensor, gap: Tensor, generator: torch.Generator) -> None:
+        """Write pieces ``span[i - m + 1 : i + 1]`` (``m`` 1 or 2), each then a random id, into ``gap``.
+
+        The gap is cut into ``decoys`` equal slots and each piece goes in its own, so pieces never overlap (two
+        could otherwise join into a longer right run); a slot too short for its piece gets none. The id after a piece
+        is what a one- or two-token match would copy: never ``span[i + 1]``, the right one.
+        """
+        slot = len(gap) // self.decoys
+        for first in range(0, slot * self.decoys, max(slot, 1)):
+            piece = int(torch.randint(1, 3, (1,), generator=generator))
+            if slot < piece + 1 or len(span) < piece + 1:
+                continue
+            end = int(torch.randint(piece - 1, len(span) - 1, (1,), generator=generator))  # the piece's last index
+            at = first + int(torch.randint(0, slot - piece, (1,), generator=generator))
+            wrong = int(torch.randint(self.ids[0], self.ids[1] - 1, (1,), generator=generator))
+            wrong += int(wrong >= span[end + 1])  # any id but the one the span goes on with
+            gap[at : at + piece + 1] = torch.cat([span[end - piece + 1 : end + 1], torch.tensor([wrong])])
 
 
 class CopyRowsDataModule(LocatedTokenizer, pl.LightningDataModule):
@@ -83,29 +111,31 @@ class CopyRowsDataModule(LocatedTokenizer, pl.LightningDataModule):
         batch_size: rows per batch (per process).
         span: tokens of each span said twice.
         gap: most random tokens between a span and its repeat.
+        decoys: pieces of each span planted in its gap (:class:`CopyRowsDataset`), so that copying must match the
+            two or three tokens before the one to predict, not one.
         num_rows: training rows (validation has ``val_rows``, other seeds); row ``i`` depends on ``(seed, i)`` only.
         val_rows: validation rows.
         seed: base seed.
     """
 
     def __init__(self, tokenizer_from: str = "demo:sotu-captions", seq_len: int = 256, batch_size: int = 8,
-                 span: int = SPAN, gap: int = GAP, num_rows: int = TRAIN_ROWS, val_rows: int = VAL_ROWS,
-                 seed: int = 0) -> None:  # fmt: skip
+                 span: int = SPAN, gap: int = GAP, decoys: int = 0, num_rows: int = TRAIN_ROWS,
+                 val_rows: int = VAL_ROWS, seed: int = 0) -> None:  # fmt: skip
         super().__init__()
-        check_copy_rows(span, gap, seq_len, "CopyRowsDataModule")
+        check_copy_rows(span, gap, seq_len, "CopyRowsDataModule", decoys)
         if min(num_rows, val_rows, batch_size) < 1:
             raise ConfigError(f"CopyRowsDataModule needs at least one row and batch, got num_rows={num_rows}, "
                               f"val_rows={val_rows}, batch_size={batch_size}")  # fmt: skip
         self.save_hyperparameters()
         self.location = DataLocation(tokenizer_from, "text", None, None)
-        self.seq_len, self.batch_size, self.span, self.gap = seq_len, batch_size, span, gap
+        self.seq_len, self.batch_size, self.span, self.gap, self.decoys = seq_len, batch_size, span, gap, decoys
         self.num_rows, self.val_rows, self.seed = num_rows, val_rows, seed
 
     def setup(self, stage: str | None = None) -> None:
         """The rows: spans of the tokenizer's ordinary ids (its special tokens never appear in a span)."""
         shape = (self.seq_len, self.span, self.gap)
-        self.train_set = copy_rows_dataset(self.tokenizer, self.num_rows, *shape, self.seed)
-        self.val_set = copy_rows_dataset(self.tokenizer, self.val_rows, *shape, self.seed + 1)
+        self.train_set = copy_rows_dataset(self.tokenizer, self.num_rows, *shape, self.seed, self.decoys)
+        self.val_set = copy_rows_dataset(self.tokenizer, self.val_rows, *shape, self.seed + 1, self.decoys)
 
     def train_dataloader(self) -> DataLoader:
         return ordered_loader(self.train_set, self.batch_size, self.trainer, tokenizer_lib.eod_id(self.tokenizer),

@@ -40,6 +40,24 @@ def test_each_document_is_a_span_a_gap_and_the_span_again() -> None:
     assert not torch.equal(other[0], dataset[0])
 
 
+def test_decoys_put_pieces_of_the_span_in_its_gap_each_followed_by_a_wrong_id() -> None:
+    dataset = CopyRowsDataset(num_rows=20, seq_len=512, span=16, gap=64, ids=(5, 4000), eod_id=0, seed=1, decoys=4)
+    documents = [d for index in range(len(dataset)) for d in _documents(dataset[index], eod=0)]
+    ends = 0  # decoys' last tokens: a token of the span, then an id the span does not go on with
+    for document in documents:
+        span, gap = document[:16], document[16:-16]
+        assert document[-16:] == span and all(5 <= token < 4000 for token in document)
+        after = dict(zip(span, span[1:]))  # token of the span -> the one after it (ids rarely repeat among 4,000)
+        for k in range(len(gap) - 1):
+            if gap[k] in after and gap[k + 1] != after[gap[k]]:
+                ends += 1
+            elif gap[k] in after and k + 2 < len(gap):  # a two-token piece: right once, then wrong
+                assert gap[k + 2] != after.get(gap[k + 1])
+    assert ends >= 2 * len(documents)  # up to 4 a gap (pieces may overwrite each other or not fit a short gap)
+    plain = CopyRowsDataset(num_rows=1, seq_len=512, span=16, gap=64, ids=(5, 4000), eod_id=0, seed=1)
+    assert not torch.equal(plain[0], dataset[0])
+
+
 def test_datamodule_batches_with_the_corpus_tokenizer(demo_sotu: Path) -> None:
     dm = CopyRowsDataModule(tokenizer_from="demo:sotu", seq_len=128, batch_size=4, span=16, gap=8, val_rows=6)
     dm.prepare_data()
@@ -54,7 +72,9 @@ def test_datamodule_batches_with_the_corpus_tokenizer(demo_sotu: Path) -> None:
     assert [b["input_ids"].shape[0] for b in dm.val_dataloader()] == [4, 2]
 
 
-@pytest.mark.parametrize("bad", [{"span": 0}, {"gap": -1}, {"seq_len": 20, "span": 10}, {"val_rows": 0}])
+@pytest.mark.parametrize(
+    "bad", [{"span": 0}, {"gap": -1}, {"seq_len": 20, "span": 10}, {"val_rows": 0}, {"decoys": -1}]
+)
 def test_bad_shapes_are_refused(bad: dict) -> None:
     with pytest.raises(ConfigError, match="CopyRowsDataModule needs"):
         CopyRowsDataModule(**bad)
@@ -82,3 +102,7 @@ def test_a_mixture_source_of_copy_rows(demo_sotu: Path) -> None:
         source("train", text_len=41, span=24)
     with pytest.raises(ConfigError, match="unknown option"):
         source("train", repeat_share=0.5)
+    decoyed = source("train", text_len=1025, span=24, gap=900, decoys=8).sample(0).token_ids
+    assert len(decoyed) == 1025 and decoyed != rows[0]
+    with pytest.raises(ConfigError, match="source 'copies' \\(copy_rows\\) needs decoys >= 0"):
+        source("train", decoys=-2)

@@ -204,16 +204,18 @@ class CopyRowsSource:
 def build_copy_rows_source(spec: SourceSpec, context: SourceContext) -> CopyRowsSource:
     """``path``: the text corpus whose vocabulary the spans are drawn from. Options: ``text_len`` (tokens per row,
     default ``seq_len + 1``), ``span`` (default 32), ``gap`` (most random ids between a span and its repeat, default
-    32; as long as the row for copying across its whole length), ``rows`` (training rows, default 65,536; ``val``
+    32; as long as the row for copying across its whole length), ``decoys`` (pieces of the span planted in its gap,
+    default 0: :class:`~mm_lightning.data.copy_rows.CopyRowsDataset`), ``rows`` (training rows, default 65,536; ``val``
     has 64 of another seed), ``tokenizer_path``."""
-    _check_options(spec, ("text_len", "span", "gap", "rows", "tokenizer_path"))
-    text_len, span, gap = (int(spec.options.get(key, default)) for key, default in
-                           (("text_len", context.seq_len + 1), ("span", SPAN), ("gap", GAP)))  # fmt: skip
-    check_copy_rows(span, gap, text_len - 1, f"source {spec.name!r} (copy_rows)")
+    _check_options(spec, ("text_len", "span", "gap", "decoys", "rows", "tokenizer_path"))
+    defaults = {"text_len": context.seq_len + 1, "span": SPAN, "gap": GAP, "decoys": 0}
+    text_len, span, gap, decoys = (int(spec.options.get(key, default)) for key, default in defaults.items())
+    check_copy_rows(span, gap, text_len - 1, f"source {spec.name!r} (copy_rows)", decoys)
     tokenizer = DataLocation(spec.path, "text", spec.options.get("tokenizer_path"), context.cache_dir).tokenizer()
     rows = int(spec.options.get("rows", TRAIN_ROWS)) if context.split == "train" else VAL_ROWS
     seed = 2 * context.seed + (context.split == "val")
-    return CopyRowsSource(spec.name, copy_rows_dataset(tokenizer, rows, text_len - 1, span, gap, seed), tokenizer)
+    dataset = copy_rows_dataset(tokenizer, rows, text_len - 1, span, gap, seed, decoys)
+    return CopyRowsSource(spec.name, dataset, tokenizer)
 
 
 class ImageTextSource(_StreamSource):
