@@ -10,7 +10,7 @@ The row kinds (``--mix kind:weight,...``, drawn per row):
   stated again in the same words; ``--passages`` sets how many sentences lie between, so how far back a look-up reaches.
   Their wording shares no sentence with the passkey's template (``tests/eval/test_passkey.py``).
 * ``copy``: copy rows (:mod:`mm_lightning.data.copy_rows`), a span of 32 random ids said again after up to
-  ``seq_len - 80`` other ids.
+  ``seq_len - 80`` other ids; ``--decoys N`` plants N pieces of the span in the gap, each then a wrong id.
 * ``text``: windows of the State of the Union addresses (the demo corpus).
 
 ``--add-key-smear LOGIT`` gives a checkpoint's LLM smeared keys it was not trained with (``ops/key_smear.py``), their
