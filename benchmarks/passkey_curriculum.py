@@ -16,7 +16,7 @@ The row kinds (``--mix kind:weight,...``, drawn per row):
 ``--add-key-smear LOGIT`` gives a checkpoint's LLM smeared keys it was not trained with (``ops/key_smear.py``), their
 gates starting at ``sigmoid(LOGIT)`` (their LR times ``--gate-lr-scale``): whether a stage-5 model can still take up the
 one-layer copying head. The RoPE base is ``--rope-base`` (stage 5's 800,000 by default). A linear warm-up of 20 steps,
-then a constant LR; bf16 autocast on a CPU that has it is left to ``--bf16``.
+then a constant LR (or a linear decay to ``--final-lr``); bf16 autocast on a CPU that has it is left to ``--bf16``.
 
 Usage (the README's runs, "Why the passkey stays at 0")::
 
@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--gate-lr-scale", type=float, default=1.0, help="LR multiplier of the smear gates")
     parser.add_argument("--optimizer", choices=("adamw", "muon"), default="adamw")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--final-lr", type=float, help="decay the LR linearly to this by the last step (default: none)")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--every", type=int, default=50, help="score the passkey every N steps")
     parser.add_argument("--seq-len", type=int, default=1024, help="tokens a training row")
@@ -111,6 +112,8 @@ def main(argv: list[str] | None = None) -> dict:
                               passage_sentences=tuple(map(int, args.passages.split(","))))  # fmt: skip
     except ValueError as error:
         parser.error(str(error))
+    if args.final_lr is not None and not 0 <= args.final_lr:
+        parser.error("--final-lr must be at least 0")
     if args.steps < 1 or args.every < 1 or args.seq_len < 96 or args.rows < 1:
         parser.error("--steps, --every and --rows must be at least 1, --seq-len at least 96")
     if (args.ckpt is None and args.add_key_smear is not None) or (args.ckpt is not None and args.key_smear):
@@ -142,6 +145,12 @@ def main(argv: list[str] | None = None) -> dict:
             ids += [*tokenizer_lib.encode(tokenizer, recall_document(rng, sentences, recall)), eod]
         return torch.tensor(ids[: args.seq_len + 1])
 
+    def lr_factor(step: int) -> float:  # 1 through the warm-up, then linearly to final_lr / lr at the last step
+        if args.final_lr is None or step <= WARMUP_STEPS:
+            return 1.0
+        done = (step - WARMUP_STEPS) / max(1, args.steps - WARMUP_STEPS)
+        return 1.0 + done * (args.final_lr / args.lr - 1.0)
+
     curve, start = [], time.perf_counter()
 
     def score(step: int, loss: float | None) -> None:
@@ -162,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
         kinds = rng.choices(list(mix), list(mix.values()), k=args.rows)
         batch = torch.stack([row(kind, step * args.rows + r) for r, kind in enumerate(kinds)])  # [R, T + 1]
         for group, lr in zip(optimizer.param_groups, base_lrs):
-            group["lr"] = lr * min(1.0, step / WARMUP_STEPS)
+            group["lr"] = lr * min(1.0, step / WARMUP_STEPS) * lr_factor(step)
         with torch.autocast("cpu", torch.bfloat16, enabled=args.bf16):
             logits = llm(input_ids=batch[:, :-1])  # [R, T, V]
         loss = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())

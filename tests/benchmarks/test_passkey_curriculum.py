@@ -25,7 +25,8 @@ def test_a_fresh_llm_trains_on_every_row_kind_and_is_scored_before_and_after(dem
     out = tmp_path / "curve.json"
     passkey_curriculum.main(["--key-smear", "--optimizer", "muon", "--steps", "3", "--every", "3", "--seq-len", "128",
                              "--rows", "6", "--mix", "recall:1,copy:1,text:1", "--passages", "0,1", "--lengths",
-                             "128", "--prompts", "2", "--out", str(out)])  # fmt: skip
+                             "128", "--prompts", "2", "--decoys", "2", "--final-lr", "1e-4",
+                             "--out", str(out)])  # fmt: skip
     result = json.loads(out.read_text())
     assert [point["step"] for point in result["curve"]] == [0, 3]
     assert result["curve"][0]["loss"] is None and result["curve"][1]["loss"] > 0
@@ -46,3 +47,9 @@ def test_smear_flags_that_do_not_fit_the_model_source_are_refused(flags, capsys)
     with pytest.raises(SystemExit):
         passkey_curriculum.main(flags)
     assert "--add-key-smear goes with --ckpt, --key-smear without it" in capsys.readouterr().err
+
+
+def test_a_negative_final_lr_is_refused(capsys) -> None:
+    with pytest.raises(SystemExit):
+        passkey_curriculum.main(["--key-smear", "--final-lr", "-1"])
+    assert "--final-lr must be at least 0" in capsys.readouterr().err
