@@ -46,6 +46,7 @@ from mm_lightning.demo.recall import RecallConfig, address_sentences, recall_doc
 from mm_lightning.eval.passkey import passkey_scores
 from mm_lightning.models.registry import build_backbone, build_from_config
 from mm_lightning.optim import OptimizerConfig, build_optimizer
+from mm_lightning.schedules import LRSchedule, lr_at
 
 KINDS = ("recall", "copy", "text")
 WARMUP_STEPS = 20
@@ -145,11 +146,12 @@ def main(argv: list[str] | None = None) -> dict:
             ids += [*tokenizer_lib.encode(tokenizer, recall_document(rng, sentences, recall)), eod]
         return torch.tensor(ids[: args.seq_len + 1])
 
-    def lr_factor(step: int) -> float:  # 1 through the warm-up, then linearly to final_lr / lr at the last step
-        if args.final_lr is None or step <= WARMUP_STEPS:
-            return 1.0
-        done = (step - WARMUP_STEPS) / max(1, args.steps - WARMUP_STEPS)
-        return 1.0 + done * (args.final_lr / args.lr - 1.0)
+    # the LR as a share of each group's: a linear warm-up, then constant or a linear decay to final_lr / lr
+    if args.final_lr is None or args.steps <= WARMUP_STEPS:
+        shape = LRSchedule(kind="constant", peak_lr=1.0, warmup_steps=WARMUP_STEPS)
+    else:
+        shape = LRSchedule(kind="wsd", peak_lr=1.0, min_lr=args.final_lr / args.lr, warmup_steps=WARMUP_STEPS,
+                           total_steps=args.steps, decay_steps=args.steps - WARMUP_STEPS)  # fmt: skip
 
     curve, start = [], time.perf_counter()
 
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
         kinds = rng.choices(list(mix), list(mix.values()), k=args.rows)
         batch = torch.stack([row(kind, step * args.rows + r) for r, kind in enumerate(kinds)])  # [R, T + 1]
         for group, lr in zip(optimizer.param_groups, base_lrs):
-            group["lr"] = lr * min(1.0, step / WARMUP_STEPS) * lr_factor(step)
+            group["lr"] = lr * lr_at(shape, step)
         with torch.autocast("cpu", torch.bfloat16, enabled=args.bf16):
             logits = llm(input_ids=batch[:, :-1])  # [R, T, V]
         loss = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
