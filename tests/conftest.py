@@ -1,8 +1,16 @@
 """Shared fixtures: an isolated mm_lightning cache with the demo corpus prepared once per test session, and one
-CPU thread for micro models."""
+CPU thread for micro models; and how the suite splits over pytest-xdist workers (README, "Tests").
+
+Under ``-n 2`` (the README's command) every test module runs whole on one worker, so a module fixture is built once
+as in a serial run, and the modules that read the short demo pipeline run (the suite's costliest fixture, ~2 min;
+``SHORT_DEMO_RUN_MODULES``, checked at collection) run on one worker, so that run is trained once. The demo corpus
+cache is shared by the workers (its build is atomic, a concurrent build's loser discarded:
+``mm_lightning.demo.corpora.build_once``).
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -10,14 +18,23 @@ from pathlib import Path
 import pytest
 from helpers.short_pipeline import run_pipeline_command, short_demo_pipeline
 from helpers.tiny_checkpoints import build_tiny_checkpoints
+from xdist.scheduler import LoadFileScheduling
 
 from mm_lightning.inference import torch_threads
 
 FREE_AT_START = pytest.StashKey[str]()
+SHORT_DEMO_RUN_MODULES = (
+    "tests/pipeline/test_pipeline_run.py",
+    "tests/pipeline/test_tensorboard_events.py",
+    "tests/test_notebooks.py",
+    "tests/test_readme_commands.py",
+)
 
 
 def _free_disk(config: pytest.Config) -> str:
-    folder = config.option.basetemp or tempfile.gettempdir()
+    folder = Path(config.option.basetemp or tempfile.gettempdir())
+    while not folder.exists():  # an xdist worker's base folder is made after its configure
+        folder = folder.parent
     return f"{shutil.disk_usage(folder).free / 2**30:.1f} GiB free at {folder}"
 
 
@@ -31,10 +48,36 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     terminalreporter.write_line(f"disk: {config.stash[FREE_AT_START]} at the start, {_free_disk(config)} at the end")
 
 
+class ModuleScheduling(LoadFileScheduling):
+    """xdist's file-by-file scheduling, the modules that read the short demo pipeline run counted as one file."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        module = super()._split_scope(nodeid)
+        return "short_demo_run" if module in SHORT_DEMO_RUN_MODULES else module
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log) -> ModuleScheduling:
+    return ModuleScheduling(config, log)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Refuse a module that reads the short demo run but is not in ``SHORT_DEMO_RUN_MODULES`` (its worker would
+    train the run a second time)."""
+    unlisted = sorted({item.nodeid.split("::")[0] for item in items if "short_demo_run" in item.fixturenames}
+                      - set(SHORT_DEMO_RUN_MODULES))  # fmt: skip
+    if unlisted:
+        raise pytest.UsageError(f"add {', '.join(unlisted)} to SHORT_DEMO_RUN_MODULES in tests/conftest.py")
+
+
 @pytest.fixture(scope="session")
 def mm_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A session-wide ``MM_LIGHTNING_CACHE`` in a temporary folder (set for the rest of the session)."""
-    root = tmp_path_factory.mktemp("mm_lightning_cache")
+    """A session-wide ``MM_LIGHTNING_CACHE`` in a temporary folder (set for the rest of the session), one folder
+    for all xdist workers of the session."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # no xdist workers
+        root = tmp_path_factory.mktemp("mm_lightning_cache")
+    else:  # each worker's base folder sits in the session's shared one
+        root = tmp_path_factory.getbasetemp().parent / "mm_lightning_cache"
+        root.mkdir(exist_ok=True)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MM_LIGHTNING_CACHE", str(root))
         yield root

@@ -118,7 +118,7 @@ SKIP = {  # README command -> why the suite does not run it
     " configs/pipelines/demo.yaml": "README command 1 itself: installs from the package index (network) and trains"
     " the demo pipeline for ~13 min; the short_demo_run fixture runs that pipeline shortened, and every RUN command"
     " runs after it",
-    ". .venv/bin/activate && python -m pytest -q": "the whole test suite, this test included",
+    ". .venv/bin/activate && python -m pytest -q -n 2": "the whole test suite, this test included",
     "mm-lightning pipeline --config configs/pipelines/demo_long.yaml": "the long demo: about 57 minutes of training on"
     " the 2-core CPU; its stage configs are the demo's (which the short demo run trains) and its dry run runs",
     "mm-lightning pipeline --config configs/pipelines/demo_long_copy.yaml": "the long demo with the copy curriculum:"
