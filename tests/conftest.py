@@ -3,7 +3,7 @@ CPU thread for micro models; and how the suite splits over pytest-xdist workers 
 
 Under ``-n 2`` (the README's command) every test module runs whole on one worker, so a module fixture is built once
 as in a serial run, and the modules that read the short demo pipeline run (the suite's costliest fixture, ~2 min;
-``SHORT_DEMO_RUN_MODULES``, checked at collection) run on one worker, so that run is trained once. The demo corpus
+``SHORT_DEMO_RUN_MODULES``, checked by the fixture) run on one worker, so that run is trained once. The demo corpus
 cache is shared by the workers (its build is atomic, a concurrent build's loser discarded:
 ``mm_lightning.demo.corpora.build_once``).
 """
@@ -60,15 +60,6 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log) -> ModuleScheduling:
     return ModuleScheduling(config, log)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Refuse a module that reads the short demo run but is not in ``SHORT_DEMO_RUN_MODULES`` (its worker would
-    train the run a second time)."""
-    unlisted = sorted({item.nodeid.split("::")[0] for item in items if "short_demo_run" in item.fixturenames}
-                      - set(SHORT_DEMO_RUN_MODULES))  # fmt: skip
-    if unlisted:
-        raise pytest.UsageError(f"add {', '.join(unlisted)} to SHORT_DEMO_RUN_MODULES in tests/conftest.py")
-
-
 @pytest.fixture(scope="session")
 def mm_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A session-wide ``MM_LIGHTNING_CACHE`` in a temporary folder (set for the rest of the session), one folder
@@ -113,10 +104,20 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory, demo_sotu, demo_e
 
 
 @pytest.fixture(scope="session")
-def short_demo_run(tmp_path_factory: pytest.TempPathFactory, demo_sotu, demo_emoji) -> Path:
+def _short_demo_run_folder(tmp_path_factory: pytest.TempPathFactory, demo_sotu, demo_emoji) -> Path:
     """One uninterrupted run of the demo pipeline with every stage cut to a few steps (~2-3 min); its run folder."""
     folder = tmp_path_factory.mktemp("pipeline_whole")
     result = run_pipeline_command(short_demo_pipeline(folder))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (folder / "stdout.txt").write_text(result.stdout)
     return folder / "run"
+
+
+@pytest.fixture(scope="module")
+def short_demo_run(request: pytest.FixtureRequest) -> Path:
+    """The short demo run's folder, for a module in ``SHORT_DEMO_RUN_MODULES`` (another module's tests fail
+    before the run is trained: on another xdist worker it would train it a second time)."""
+    module = request.node.nodeid.split("::")[0]
+    if module not in SHORT_DEMO_RUN_MODULES:
+        pytest.fail(f"add {module} to SHORT_DEMO_RUN_MODULES in tests/conftest.py (it reads the short demo run)")
+    return request.getfixturevalue("_short_demo_run_folder")
