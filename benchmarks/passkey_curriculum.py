@@ -10,13 +10,15 @@ The row kinds (``--mix kind:weight,...``, drawn per row):
   stated again in the same words; ``--passages`` sets how many sentences lie between, so how far back a look-up reaches.
   Their wording shares no sentence with the passkey's template (``tests/eval/test_passkey.py``).
 * ``copy``: copy rows (:mod:`mm_lightning.data.copy_rows`), a span of 32 random ids said again after up to
-  ``seq_len - 80`` other ids; ``--decoys N`` plants N pieces of the span in the gap, each then a wrong id.
+  ``seq_len - 80`` other ids; ``--decoys N`` plants N pieces of the span in the gap, each then a wrong id;
+  ``--copy-loss repeat`` counts the loss on the repeat's predictable tokens only (the rest are random ids).
 * ``text``: windows of the State of the Union addresses (the demo corpus).
 
 ``--add-key-smear LOGIT`` gives a checkpoint's LLM smeared keys it was not trained with (``ops/key_smear.py``), their
 gates starting at ``sigmoid(LOGIT)`` (their LR times ``--gate-lr-scale``): whether a stage-5 model can still take up the
 one-layer copying head. The RoPE base is ``--rope-base`` (stage 5's 800,000 by default). A linear warm-up of 20 steps,
 then a constant LR (or a linear decay to ``--final-lr``); bf16 autocast on a CPU that has it is left to ``--bf16``.
+``--save-dir`` saves the LLM at every score as a checkpoint that ``load_backbone`` (and ``passkey_errors.py``) reads.
 
 Usage (the README's runs, "Why the passkey stays at 0")::
 
@@ -39,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from mm_lightning import tokenizer as tokenizer_lib
-from mm_lightning.checkpoint import load_backbone, recorded_tokenizer
+from mm_lightning.checkpoint import checkpoint_meta, load_backbone, load_checkpoint, recorded_tokenizer, to_plain
 from mm_lightning.data.copy_rows import copy_rows_dataset
 from mm_lightning.demo.corpora import SOTU, ensure_demo_text, read_corpus
 from mm_lightning.demo.recall import RecallConfig, address_sentences, recall_document
@@ -81,6 +83,20 @@ def load_llm(args: argparse.Namespace):
     return llm, recorded_tokenizer(args.ckpt)
 
 
+def save_llm(llm: torch.nn.Module, source: Path, path: Path) -> None:
+    """Save ``llm`` as a checkpoint ``load_backbone(path, "llm")`` reads: ``source``'s metadata, the LLM's config.
+
+    The other backbones and the optimizer state are left out: the file serves the passkey diagnoses only.
+    """
+    meta = dict(checkpoint_meta(load_checkpoint(source), source))
+    meta["backbones"] = {"llm": to_plain(llm.config)}
+    meta["prefixes"] = {"llm": "llm."}
+    state = {f"llm.{name}": value for name, value in llm.state_dict().items()}  # rope_base is a dict (extra state)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"mm_lightning": meta, "state_dict": state}, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt", type=Path, help="a stage checkpoint whose LLM trains (default: a fresh preset)")
@@ -97,6 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rows", type=int, default=4, help="rows a step")
     parser.add_argument("--mix", default="text:0.3,recall:0.5,copy:0.2", help="row kinds and their weights")
     parser.add_argument("--decoys", type=int, default=0, help="decoy pieces of each copy row's span in its gap")
+    parser.add_argument("--copy-loss", choices=("all", "repeat"), default="all", help="copy rows' loss on every token, "
+                        "or on the repeat's predictable tokens only")  # fmt: skip
     parser.add_argument("--facts", default="1,3", help="fewest,most facts of a recall document")
     parser.add_argument("--passages", default="1,7", help="fewest,most address sentences between two statements")
     parser.add_argument("--rope-base", type=float, default=800_000.0)
@@ -106,6 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="write the curve as JSON here")
+    parser.add_argument("--save-dir", type=Path, help="save the LLM at every score here, as stepN.ckpt (LLM only)")
     args = parser.parse_args(argv)
     try:
         mix = parse_mix(args.mix)
@@ -117,6 +136,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--final-lr must be at least 0")
     if args.steps < 1 or args.every < 1 or args.seq_len < 96 or args.rows < 1:
         parser.error("--steps, --every and --rows must be at least 1, --seq-len at least 96")
+    if args.save_dir is not None and args.ckpt is None:
+        parser.error("--save-dir goes with --ckpt (a saved LLM takes the checkpoint's tokenizer and metadata)")
     if (args.ckpt is None and args.add_key_smear is not None) or (args.ckpt is not None and args.key_smear):
         parser.error("--add-key-smear goes with --ckpt, --key-smear without it (a fresh LLM)")
     torch.set_num_threads(args.threads)
@@ -135,16 +156,18 @@ def main(argv: list[str] | None = None) -> dict:
     sentences, rng = address_sentences(addresses), random.Random(args.seed)
     copies = copy_rows_dataset(tokenizer, 1 << 20, args.seq_len, 32, args.seq_len - 80, args.seed, args.decoys)
 
-    def row(kind: str, index: int) -> torch.Tensor:  # [seq_len + 1]
+    def row(kind: str, index: int) -> tuple[torch.Tensor, torch.Tensor]:  # ids, labels: [seq_len + 1] each
         if kind == "copy":
-            return copies[index]
+            ids, predictable = copies.row(index)
+            return ids, (ids if args.copy_loss == "all" else torch.where(predictable, ids, -100))
         if kind == "text":
             start = rng.randrange(len(stream) - args.seq_len - 1)
-            return stream[start : start + args.seq_len + 1]
+            ids = stream[start : start + args.seq_len + 1]
+            return ids, ids
         ids: list[int] = []
         while len(ids) <= args.seq_len:
             ids += [*tokenizer_lib.encode(tokenizer, recall_document(rng, sentences, recall)), eod]
-        return torch.tensor(ids[: args.seq_len + 1])
+        return torch.tensor(ids[: args.seq_len + 1]), torch.tensor(ids[: args.seq_len + 1])
 
     # the LR as a share of each group's: a linear warm-up, then constant or a linear decay to final_lr / lr
     if args.final_lr is None or args.steps <= WARMUP_STEPS:
@@ -166,17 +189,20 @@ def main(argv: list[str] | None = None) -> dict:
                           for n, s in scores.items())  # fmt: skip
         shown_loss = "  -  " if loss is None else f"{loss:.3f}"
         print(f"step {step:5d}  loss {shown_loss}  {shown}  ({point['seconds']:.0f} s)", flush=True)
+        if args.save_dir is not None:
+            save_llm(llm, args.ckpt, args.save_dir / f"step{step}.ckpt")
 
     score(0, None)
     llm.train()
     for step in range(1, args.steps + 1):
         kinds = rng.choices(list(mix), list(mix.values()), k=args.rows)
-        batch = torch.stack([row(kind, step * args.rows + r) for r, kind in enumerate(kinds)])  # [R, T + 1]
+        rows = [row(kind, step * args.rows + r) for r, kind in enumerate(kinds)]
+        batch, labels = (torch.stack(part) for part in zip(*rows))  # [R, T + 1] each, -100: no loss
         for group, lr in zip(optimizer.param_groups, base_lrs):
             group["lr"] = lr * lr_at(shape, step)
         with torch.autocast("cpu", torch.bfloat16, enabled=args.bf16):
             logits = llm(input_ids=batch[:, :-1])  # [R, T, V]
-        loss = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
+        loss = F.cross_entropy(logits.float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(llm.parameters(), 1.0)

@@ -69,9 +69,17 @@ class CopyRowsDataset(Dataset):
         return self.num_rows
 
     def __getitem__(self, index: int) -> Tensor:
+        return self.row(index)[0]  # [T + 1]
+
+    def row(self, index: int) -> tuple[Tensor, Tensor]:
+        """Row ``index`` (``[T + 1]`` ids) and which of its tokens a copy can predict (``[T + 1]`` bools).
+
+        The predictable ones are each repeat's tokens after its first (that one follows a random gap id); the rest
+        are random ids no model can predict, so a loss on them alone teaches nothing but the ids' uniform prior.
+        """
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
         low, high = self.ids
-        documents, length = [], 0
+        documents, masks, length = [], [], 0
         while length < self.seq_len + 1:
             span = torch.randint(low, high, (self.span,), generator=generator)
             gap = torch.randint(low, high, (int(torch.randint(0, self.gap + 1, (1,), generator=generator)),),
@@ -79,8 +87,11 @@ class CopyRowsDataset(Dataset):
             if self.decoys:
                 self._plant_decoys(span, gap, generator)
             documents.append(torch.cat([span, gap, span, torch.tensor([self.eod_id])]))
+            mask = torch.zeros(len(documents[-1]), dtype=torch.bool)
+            mask[len(span) + len(gap) + 1 : -1] = True
+            masks.append(mask)
             length += len(documents[-1])
-        return torch.cat(documents)[: self.seq_len + 1]  # [T + 1]
+        return torch.cat(documents)[: self.seq_len + 1], torch.cat(masks)[: self.seq_len + 1]
 
     def _plant_decoys(self, span: Tensor, gap: Tensor, generator: torch.Generator) -> None:
         """Write pieces ``span[i - m + 1 : i + 1]`` (``m`` 1 or 2), each then a random id, into ``gap``.

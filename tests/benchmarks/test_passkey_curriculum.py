@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
@@ -53,3 +54,22 @@ def test_a_negative_final_lr_is_refused(capsys) -> None:
     with pytest.raises(SystemExit):
         passkey_curriculum.main(["--key-smear", "--final-lr", "-1"])
     assert "--final-lr must be at least 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_saved_llms_load_as_checkpoints_and_the_repeat_loss_trains(tiny_checkpoints, tmp_path: Path) -> None:
+    from mm_lightning.checkpoint import load_backbone
+
+    passkey_curriculum.main(["--ckpt", str(tiny_checkpoints["text"]), "--steps", "2", "--every", "2", "--seq-len",
+                             "128", "--rows", "2", "--mix", "copy:1", "--copy-loss", "repeat", "--lengths", "128",
+                             "--prompts", "2", "--save-dir", str(tmp_path)])  # fmt: skip
+    first, last = (load_backbone(tmp_path / f"step{step}.ckpt", "llm") for step in (0, 2))
+    assert last.rope_base == 800_000.0  # the probe's RoPE base travels with the weights
+    assert any(not torch.equal(a, b) for a, b in zip(first.state_dict().values(), last.state_dict().values())
+               if isinstance(a, torch.Tensor))  # fmt: skip
+
+
+def test_save_dir_needs_a_checkpoint(capsys) -> None:
+    with pytest.raises(SystemExit):
+        passkey_curriculum.main(["--key-smear", "--save-dir", "out"])
+    assert "--save-dir goes with --ckpt" in capsys.readouterr().err

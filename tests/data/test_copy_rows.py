@@ -106,3 +106,23 @@ def test_a_mixture_source_of_copy_rows(demo_sotu: Path) -> None:
     assert len(decoyed) == 1025 and decoyed != rows[0]
     with pytest.raises(ConfigError, match="source 'copies' \\(copy_rows\\) needs decoys >= 0"):
         source("train", decoys=-2)
+    assert train.sample(0).loss_mask is None  # loss on every token by default
+    masked = source("train", text_len=1025, span=24, gap=900, loss="repeat").sample(0)
+    assert masked.token_ids == rows[0] and len(masked.loss_mask) == 1025
+    ends = [position for position, token in enumerate(masked.token_ids) if token == eod]
+    assert sum(masked.loss_mask[: ends[0]]) == 23  # the first document's repeat, after its first token
+    with pytest.raises(ConfigError, match="loss must be 'all' or 'repeat', got 'span'"):
+        source("train", loss="span")
+
+
+def test_the_predictable_tokens_are_each_repeat_after_its_first() -> None:
+    dataset = CopyRowsDataset(num_rows=20, seq_len=300, span=8, gap=40, ids=(5, 400), eod_id=0, seed=3, decoys=3)
+    for index in range(len(dataset)):
+        ids, predictable = dataset.row(index)
+        assert torch.equal(ids, dataset[index]) and predictable.shape == ids.shape
+        start = 0
+        for document in _documents(ids, eod=0):
+            marked = predictable[start : start + len(document)].nonzero().flatten().tolist()
+            assert marked == list(range(len(document) - 7, len(document)))  # the repeat's tokens 2..8
+            assert not predictable[start + len(document)]  # the end-of-document token
+            start += len(document) + 1

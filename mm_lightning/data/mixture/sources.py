@@ -190,14 +190,16 @@ class CopyRowsSource:
 
     multimodal = False
 
-    def __init__(self, name: str, rows: Any, tokenizer: Any):
-        self.name, self.rows, self.tokenizer = name, rows, tokenizer
+    def __init__(self, name: str, rows: Any, tokenizer: Any, repeat_loss_only: bool = False):
+        self.name, self.rows, self.tokenizer, self.repeat_loss_only = name, rows, tokenizer, repeat_loss_only
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def sample(self, k: int) -> MixSample:
-        return MixSample(token_ids=self.rows[k % len(self.rows)].tolist(), images=[], source=self.name)
+        ids, predictable = self.rows.row(k % len(self.rows))
+        mask = predictable.tolist() if self.repeat_loss_only else None
+        return MixSample(token_ids=ids.tolist(), images=[], loss_mask=mask, source=self.name)
 
 
 @register_source("copy_rows", multimodal=False)
@@ -206,8 +208,12 @@ def build_copy_rows_source(spec: SourceSpec, context: SourceContext) -> CopyRows
     default ``seq_len + 1``), ``span`` (default 32), ``gap`` (most random ids between a span and its repeat, default
     32; as long as the row for copying across its whole length), ``decoys`` (pieces of the span planted in its gap,
     default 0: :class:`~mm_lightning.data.copy_rows.CopyRowsDataset`), ``rows`` (training rows, default 65,536; ``val``
-    has 64 of another seed), ``tokenizer_path``."""
-    _check_options(spec, ("text_len", "span", "gap", "decoys", "rows", "tokenizer_path"))
+    has 64 of another seed), ``loss`` (``all``, the default: every token; ``repeat``: only the repeats' tokens a copy
+    can predict, so the random ids do not teach the model a flat guess), ``tokenizer_path``."""
+    _check_options(spec, ("text_len", "span", "gap", "decoys", "rows", "loss", "tokenizer_path"))
+    loss = spec.options.get("loss", "all")
+    if loss not in ("all", "repeat"):
+        raise ConfigError(f"source {spec.name!r} (copy_rows): loss must be 'all' or 'repeat', got {loss!r}")
     defaults = {"text_len": context.seq_len + 1, "span": SPAN, "gap": GAP, "decoys": 0}
     text_len, span, gap, decoys = (int(spec.options.get(key, default)) for key, default in defaults.items())
     check_copy_rows(span, gap, text_len - 1, f"source {spec.name!r} (copy_rows)", decoys)
@@ -215,7 +221,7 @@ def build_copy_rows_source(spec: SourceSpec, context: SourceContext) -> CopyRows
     rows = int(spec.options.get("rows", TRAIN_ROWS)) if context.split == "train" else VAL_ROWS
     seed = 2 * context.seed + (context.split == "val")
     dataset = copy_rows_dataset(tokenizer, rows, text_len - 1, span, gap, seed, decoys)
-    return CopyRowsSource(spec.name, dataset, tokenizer)
+    return CopyRowsSource(spec.name, dataset, tokenizer, repeat_loss_only=loss == "repeat")
 
 
 class ImageTextSource(_StreamSource):
