@@ -83,14 +83,13 @@ def load_llm(args: argparse.Namespace):
     return llm, recorded_tokenizer(args.ckpt)
 
 
-def save_llm(llm: torch.nn.Module, source: Path, path: Path) -> None:
-    """Save ``llm`` as a checkpoint ``load_backbone(path, "llm")`` reads: ``source``'s metadata, the LLM's config.
+def save_llm(llm: torch.nn.Module, meta: dict, path: Path) -> None:
+    """Save ``llm`` as a checkpoint ``load_backbone(path, "llm")`` reads: ``meta`` (the source checkpoint's metadata
+    block) with the LLM's config.
 
     The other backbones and the optimizer state are left out: the file serves the passkey diagnoses only.
     """
-    meta = dict(checkpoint_meta(load_checkpoint(source), source))
-    meta["backbones"] = {"llm": to_plain(llm.config)}
-    meta["prefixes"] = {"llm": "llm."}
+    meta = {**meta, "backbones": {"llm": to_plain(llm.config)}, "prefixes": {"llm": "llm."}}
     state = {f"llm.{name}": value for name, value in llm.state_dict().items()}  # rope_base is a dict (extra state)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"mm_lightning": meta, "state_dict": state}, path.with_suffix(".tmp"))
@@ -167,7 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
         ids: list[int] = []
         while len(ids) <= args.seq_len:
             ids += [*tokenizer_lib.encode(tokenizer, recall_document(rng, sentences, recall)), eod]
-        return torch.tensor(ids[: args.seq_len + 1]), torch.tensor(ids[: args.seq_len + 1])
+        document_ids = torch.tensor(ids[: args.seq_len + 1])
+        return document_ids, document_ids
 
     # the LR as a share of each group's: a linear warm-up, then constant or a linear decay to final_lr / lr
     if args.final_lr is None or args.steps <= WARMUP_STEPS:
@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
                            total_steps=args.steps, decay_steps=args.steps - WARMUP_STEPS)  # fmt: skip
 
     curve, start = [], time.perf_counter()
+    source_meta = checkpoint_meta(load_checkpoint(args.ckpt), args.ckpt) if args.save_dir is not None else {}
 
     def score(step: int, loss: float | None) -> None:
         scores = passkey_scores(llm, tokenizer, args.lengths, args.prompts, seed=args.seed)
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
         shown_loss = "  -  " if loss is None else f"{loss:.3f}"
         print(f"step {step:5d}  loss {shown_loss}  {shown}  ({point['seconds']:.0f} s)", flush=True)
         if args.save_dir is not None:
-            save_llm(llm, args.ckpt, args.save_dir / f"step{step}.ckpt")
+            save_llm(llm, source_meta, args.save_dir / f"step{step}.ckpt")
 
     score(0, None)
     llm.train()

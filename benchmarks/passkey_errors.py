@@ -25,8 +25,9 @@ import torch
 
 from mm_lightning import tokenizer as tokenizer_lib
 from mm_lightning.checkpoint import CheckpointError, load_backbone, recorded_tokenizer
-from mm_lightning.eval.passkey import INTRO, QUESTION, PasskeyPrompt, build_passkey_prompts
+from mm_lightning.eval.passkey import BATCH_TOKENS, INTRO, QUESTION, PasskeyPrompt, build_passkey_prompts
 from mm_lightning.generation.decode import READ_ONLY_IDS
+from mm_lightning.inference import projecting_positions
 
 DEPTH_BINS = 5
 
@@ -64,14 +65,16 @@ def diagnose(llm: torch.nn.Module, tokenizer, length: int, prompts: int, seed: i
     built = build_passkey_prompts(tokenizer, length, prompts, seed)
     bins: list[list[bool]] = [[] for _ in range(DEPTH_BINS)]
     probabilities, misses = [], Counter()
-    rows = max(1, 8192 // length)
+    rows = max(1, BATCH_TOKENS // length)
     for start in range(0, len(built), rows):
         chunk = built[start : start + rows]
-        logits = llm(input_ids=torch.tensor([p.token_ids for p in chunk]))[:, -1].float()  # [B, V]
+        with projecting_positions(llm, slice(-1, None)):  # the output layer on the last position only, as scoring
+            logits = llm(input_ids=torch.tensor([p.token_ids for p in chunk]))[:, -1].float()  # [B, V]
         probs = logits.softmax(-1)
         guesses = logits.index_fill(-1, suppress, float("-inf")).argmax(-1).tolist()
         for index, (prompt, guess) in enumerate(zip(chunk, guesses)):
-            depth = (prompt.needle_start - intro) / max(1, length - intro - question)
+            filler = length - intro - question - (prompt.needle_end - prompt.needle_start)  # the needle's depth range
+            depth = (prompt.needle_start - intro) / max(1, filler)
             right = guess == prompt.answer_ids[0]
             bins[min(DEPTH_BINS - 1, int(depth * DEPTH_BINS))].append(right)
             probabilities.append(probs[index, prompt.answer_ids[0]].item())
