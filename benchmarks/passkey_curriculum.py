@@ -12,6 +12,8 @@ The row kinds (``--mix kind:weight,...``, drawn per row):
 * ``copy``: copy rows (:mod:`mm_lightning.data.copy_rows`), a span of 32 random ids said again after up to
   ``seq_len - 80`` other ids; ``--decoys N`` plants N pieces of the span in the gap, each then a wrong id;
   ``--copy-loss repeat`` counts the loss on the repeat's predictable tokens only (the rest are random ids).
+  ``--short-share P`` makes that share of the steps rows a quarter as long (four times as many, the same tokens), so
+  that look-ups at the stage's old length train beside the new one.
 * ``text``: windows of the State of the Union addresses (the demo corpus).
 
 ``--add-key-smear LOGIT`` gives a checkpoint's LLM smeared keys it was not trained with (``ops/key_smear.py``), their
@@ -114,6 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--decoys", type=int, default=0, help="decoy pieces of each copy row's span in its gap")
     parser.add_argument("--copy-loss", choices=("all", "repeat"), default="all", help="copy rows' loss on every token, "
                         "or on the repeat's predictable tokens only")  # fmt: skip
+    parser.add_argument("--short-share", type=float, default=0.0, help="share of steps with rows a quarter as long")
     parser.add_argument("--facts", default="1,3", help="fewest,most facts of a recall document")
     parser.add_argument("--passages", default="1,7", help="fewest,most address sentences between two statements")
     parser.add_argument("--rope-base", type=float, default=800_000.0)
@@ -133,6 +136,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(str(error))
     if args.final_lr is not None and not 0 <= args.final_lr:
         parser.error("--final-lr must be at least 0")
+    if not 0 <= args.short_share <= 1 or (args.short_share and args.seq_len < 4 * 96):
+        parser.error("--short-share must lie in [0, 1], and with it --seq-len be at least 384")
     if args.steps < 1 or args.every < 1 or args.seq_len < 96 or args.rows < 1:
         parser.error("--steps, --every and --rows must be at least 1, --seq-len at least 96")
     if args.save_dir is not None and args.ckpt is None:
@@ -153,20 +158,23 @@ def main(argv: list[str] | None = None) -> dict:
     stream = torch.tensor([i for ids in tokenizer_lib.encode_batch(tokenizer, addresses) for i in [*ids, eod]]
                           if "text" in mix else [])  # fmt: skip
     sentences, rng = address_sentences(addresses), random.Random(args.seed)
-    copies = copy_rows_dataset(tokenizer, 1 << 20, args.seq_len, 32, args.seq_len - 80, args.seed, args.decoys)
+    short_len = args.seq_len // 4
+    lengths = (args.seq_len, short_len) if args.short_share else (args.seq_len,)
+    copies = {length: copy_rows_dataset(tokenizer, 1 << 20, length, 32, length - 80, args.seed + n, args.decoys)
+              for n, length in enumerate(lengths)}  # fmt: skip
 
-    def row(kind: str, index: int) -> tuple[torch.Tensor, torch.Tensor]:  # ids, labels: [seq_len + 1] each
+    def row(kind: str, index: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:  # ids, labels: [length + 1]
         if kind == "copy":
-            ids, predictable = copies.row(index)
+            ids, predictable = copies[length].row(index)
             return ids, (ids if args.copy_loss == "all" else torch.where(predictable, ids, -100))
         if kind == "text":
-            start = rng.randrange(len(stream) - args.seq_len - 1)
-            ids = stream[start : start + args.seq_len + 1]
+            start = rng.randrange(len(stream) - length - 1)
+            ids = stream[start : start + length + 1]
             return ids, ids
         ids: list[int] = []
-        while len(ids) <= args.seq_len:
+        while len(ids) <= length:
             ids += [*tokenizer_lib.encode(tokenizer, recall_document(rng, sentences, recall)), eod]
-        document_ids = torch.tensor(ids[: args.seq_len + 1])
+        document_ids = torch.tensor(ids[: length + 1])
         return document_ids, document_ids
 
     # the LR as a share of each group's: a linear warm-up, then constant or a linear decay to final_lr / lr
@@ -195,9 +203,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     score(0, None)
     llm.train()
+    short_steps = 0
     for step in range(1, args.steps + 1):
-        kinds = rng.choices(list(mix), list(mix.values()), k=args.rows)
-        rows = [row(kind, step * args.rows + r) for r, kind in enumerate(kinds)]
+        short = args.short_share > 0 and rng.random() < args.short_share  # four times the rows, a quarter as long
+        count, length = (4 * args.rows, short_len) if short else (args.rows, args.seq_len)
+        short_steps += short
+        kinds = rng.choices(list(mix), list(mix.values()), k=count)
+        rows = [row(kind, step * count + r, length) for r, kind in enumerate(kinds)]
         batch, labels = (torch.stack(part) for part in zip(*rows))  # [R, T + 1] each, -100: no loss
         for group, lr in zip(optimizer.param_groups, base_lrs):
             group["lr"] = lr * lr_at(shape, step)
@@ -214,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
     if gates:
         print("smear gates (each key's share of its predecessor's):", json.dumps(gates))
     result = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "curve": curve,
-              "smear_gates": gates}  # fmt: skip
+              "short_steps": short_steps, "smear_gates": gates}  # fmt: skip
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
     return result

@@ -6,8 +6,9 @@ needles spread over the depth) it takes the model's top first token (the read-on
 does) and, when that is wrong, finds the guess in the prompt: an induction copy writes the token that followed an
 earlier occurrence of the prompt's last token (``er``, the end of `` locker``), so each miss is named by the region
 that earlier token sits in (the intro's "A locker number", the filler, the question's "Which locker holds") or as a
-token the prompt does not hold (a number of its own, another word). It prints, per length: first-token accuracy in
-five depth bins, the right token's mean probability, and the misses by source.
+token the prompt does not hold (a number of its own, another word). It prints, per length: the passkey's accuracy and
+its later tokens' share on the same prompts (``passkey_scores``), first-token accuracy in five depth bins, the right
+token's mean probability, and the misses by source.
 
 Usage (a checkpoint saved by ``passkey_curriculum.py --save-dir``, or any stage checkpoint with an LLM)::
 
@@ -25,7 +26,14 @@ import torch
 
 from mm_lightning import tokenizer as tokenizer_lib
 from mm_lightning.checkpoint import CheckpointError, load_backbone, recorded_tokenizer
-from mm_lightning.eval.passkey import BATCH_TOKENS, INTRO, QUESTION, PasskeyPrompt, build_passkey_prompts
+from mm_lightning.eval.passkey import (
+    BATCH_TOKENS,
+    INTRO,
+    QUESTION,
+    PasskeyPrompt,
+    build_passkey_prompts,
+    passkey_scores,
+)
 from mm_lightning.generation.decode import READ_ONLY_IDS
 from mm_lightning.inference import projecting_positions
 
@@ -81,7 +89,10 @@ def diagnose(llm: torch.nn.Module, tokenizer, length: int, prompts: int, seed: i
             if not right:
                 misses[miss_source(tokenizer, prompt, guess, intro, question)] += 1
     shares = [round(sum(b) / len(b), 2) if b else None for b in bins]
+    scores = passkey_scores(llm, tokenizer, [length], prompts, seed)[length]  # the same prompts, greedily answered
     return {
+        "accuracy": round(scores.accuracy, 3),
+        "later_tokens": round(scores.later_tokens, 3),
         "first_token": round(sum(sum(b) for b in bins) / len(built), 3),
         "by_depth": shares,
         "right_token_probability": round(sum(probabilities) / len(probabilities), 3),
@@ -111,7 +122,8 @@ def main(argv: list[str] | None = None) -> dict:
         found = diagnose(llm, tokenizer, length, args.prompts, args.seed)
         result["lengths"][length] = found
         chance = found["right_token_probability"]
-        print(f"@{length}: first token {found['first_token']:.2f} (right token's probability {chance:.2f}); "
+        print(f"@{length}: passkey {found['accuracy']:.2f}, later tokens {found['later_tokens']:.2f}; "
+              f"first token {found['first_token']:.2f} (right token's probability {chance:.2f}); "
               f"by depth (0 = just after the intro) {found['by_depth']}")  # fmt: skip
         for source, count in found["misses"].items():
             print(f"    {count:4d}  {source}")

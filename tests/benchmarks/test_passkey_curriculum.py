@@ -50,6 +50,21 @@ def test_smear_flags_that_do_not_fit_the_model_source_are_refused(flags, capsys)
     assert "--add-key-smear goes with --ckpt, --key-smear without it" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_short_steps_train_rows_a_quarter_as_long(demo_sotu) -> None:
+    result = passkey_curriculum.main(["--key-smear", "--steps", "2", "--every", "2", "--seq-len", "384", "--rows", "1",
+                                      "--mix", "recall:1,copy:1", "--short-share", "1", "--decoys", "2", "--lengths",
+                                      "128", "--prompts", "2"])  # fmt: skip
+    assert result["short_steps"] == 2 and result["curve"][-1]["loss"] > 0
+
+
+@pytest.mark.parametrize("flags", [["--short-share", "1.5"], ["--short-share", "0.5", "--seq-len", "256"]])
+def test_a_short_share_out_of_range_or_rows_too_short_to_quarter_is_refused(flags, capsys) -> None:
+    with pytest.raises(SystemExit):
+        passkey_curriculum.main(["--key-smear", *flags])
+    assert "--short-share must lie in [0, 1]" in capsys.readouterr().err
+
+
 def test_a_negative_final_lr_is_refused(capsys) -> None:
     with pytest.raises(SystemExit):
         passkey_curriculum.main(["--key-smear", "--final-lr", "-1"])

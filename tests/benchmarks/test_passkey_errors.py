@@ -39,6 +39,7 @@ def test_a_checkpoint_is_diagnosed_per_length(tiny_checkpoints) -> None:
     result = passkey_errors.main(["--ckpt", str(tiny_checkpoints["text"]), "--lengths", "128", "--prompts", "10"])
     found = result["lengths"][128]
     assert len(found["by_depth"]) == passkey_errors.DEPTH_BINS and 0 <= found["first_token"] <= 1
+    assert 0 <= found["accuracy"] <= found["first_token"]  # a passkey passes only with its first token right
     misses = sum(found["misses"].values())
     assert misses == round((1 - found["first_token"]) * 10)  # every miss is named once
 
