@@ -22,8 +22,10 @@ from mm_lightning.data.image_text import ImageTextTransform
 from mm_lightning.data.location import DataLocation
 from mm_lightning.data.mixture.long_sources import open_long_source
 from mm_lightning.data.mixture.plan import MixtureSource, epoch_item
+from mm_lightning.data.recall_rows import RecallRowsDataset, check_recall_config
 from mm_lightning.data.restated_rows import DEFAULT_SPAN, check_restating, restate_opening
 from mm_lightning.demo import demo_tokenizer
+from mm_lightning.demo.recall import RecallConfig
 from mm_lightning.errors import ConfigError
 from mm_lightning.media.interleave import MixSample
 from mm_lightning.tokenizer import IMAGE_SPAN, load_tokenizer
@@ -222,6 +224,50 @@ def build_copy_rows_source(spec: SourceSpec, context: SourceContext) -> CopyRows
     seed = 2 * context.seed + (context.split == "val")
     dataset = copy_rows_dataset(tokenizer, rows, text_len - 1, span, gap, seed, decoys)
     return CopyRowsSource(spec.name, dataset, tokenizer, repeat_loss_only=loss == "repeat")
+
+
+class RecallRowsSource:
+    """Recall rows (:mod:`~mm_lightning.data.recall_rows`: facts stated, then stated again) as text blocks."""
+
+    multimodal = False
+
+    def __init__(self, name: str, rows: RecallRowsDataset, tokenizer: Any):
+        self.name, self.rows, self.tokenizer = name, rows, tokenizer
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def sample(self, k: int) -> MixSample:
+        return MixSample(token_ids=self.rows[k % len(self.rows)].tolist(), images=[], source=self.name)
+
+
+@register_source("recall_rows", multimodal=False)
+def build_recall_rows_source(spec: SourceSpec, context: SourceContext) -> RecallRowsSource:
+    """``path``: the text corpus whose tokenizer writes the rows. Options: ``text_len`` (tokens per row, default
+    ``seq_len + 1``), ``facts`` (``[fewest, most]`` a document states, default ``[1, 3]``), ``passages`` (``[fewest,
+    most]`` address sentences between two statements, default ``[1, 4]``: how far back a look-up reaches), ``digits``
+    (default ``[3, 5]``), ``rows`` (training rows, default 65,536; ``val`` has 64 of another seed),
+    ``tokenizer_path``."""
+    _check_options(spec, ("text_len", "facts", "passages", "digits", "rows", "tokenizer_path"))
+    where = f"source {spec.name!r} (recall_rows)"
+
+    def pair(key: str, default: tuple[int, int]) -> tuple[int, int]:
+        value = spec.options.get(key, default)
+        if not isinstance(value, (list, tuple)) or len(value) != 2 or not all(isinstance(n, int) for n in value):
+            raise ConfigError(f"{where}: {key} must be a pair of integers [fewest, most], got {value!r}")
+        return int(value[0]), int(value[1])
+
+    defaults = RecallConfig()
+    config = RecallConfig(pair("facts", defaults.facts), pair("passages", defaults.passage_sentences),
+                          pair("digits", defaults.digits))  # fmt: skip
+    check_recall_config(config, where)
+    text_len = int(spec.options.get("text_len", context.seq_len + 1))
+    if text_len < 2:
+        raise ConfigError(f"{where}: text_len must be at least 2, got {text_len}")
+    tokenizer = DataLocation(spec.path, "text", spec.options.get("tokenizer_path"), context.cache_dir).tokenizer()
+    rows = int(spec.options.get("rows", TRAIN_ROWS)) if context.split == "train" else VAL_ROWS
+    seed = 2 * context.seed + (context.split == "val")
+    return RecallRowsSource(spec.name, RecallRowsDataset(tokenizer, rows, text_len - 1, seed, config), tokenizer)
 
 
 class ImageTextSource(_StreamSource):
