@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from mm_lightning.errors import ConfigError
 from mm_lightning.models.registry import register_backbone, register_preset
 from mm_lightning.ops.attention import attention, prefix_causal_attention
-from mm_lightning.ops.key_smear import GATE_INIT, smear_keys
+from mm_lightning.ops.key_smear import GATE_INIT, smear_keys, smear_queries
 from mm_lightning.ops.packing import position_ids_from_seq_ids
 from mm_lightning.ops.rope import apply_rope, rope_cos_sin
 
@@ -63,6 +63,12 @@ class LLMConfig:
     ``export-llama`` refuses a model that has it."""
     key_smear_init: float = GATE_INIT
     """The smear gates' initial logit: ``sigmoid`` of it is each key's initial share of its predecessor's key."""
+    smear_lags: int = 1
+    """How many tokens a smeared head matches: with ``L > 1`` each query mixes in its ``L - 1`` predecessors and each
+    key's smeared share the ``L`` keys before it (``ops/key_smear.py``), so that a copying head can find a phrase
+    ("in locker") where one token ("er") occurs in several places. Needs ``key_smear``."""
+    smear_lag_init: float = 0.5
+    """Initial weight of every further lag (``smear_lags > 1``); lag 1 of the keys and lag 0 of the queries weigh 1."""
     head_dim: int = field(init=False)
     """Per-head width, derived: ``d_model // n_heads``."""
 
@@ -72,6 +78,8 @@ class LLMConfig:
         if self.n_heads % self.n_kv_heads:
             raise ConfigError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
         self.head_dim = self.d_model // self.n_heads
+        if self.smear_lags < 1 or (self.smear_lags > 1 and not self.key_smear):
+            raise ConfigError(f"smear_lags={self.smear_lags}: must be 1, or more with key_smear: true")
         if self.head_dim % 2:
             raise ConfigError(f"head_dim={self.head_dim} must be even for RoPE")
 
@@ -88,6 +96,9 @@ class KVCache:
     """One ``[B, Hkv, max_len, D]`` key buffer per layer."""
     values: list[Tensor]
     """One ``[B, Hkv, max_len, D]`` value buffer per layer."""
+    query_tails: list[Tensor] = field(default_factory=list)
+    """With ``smear_lags = L > 1``: the last ``L - 1`` queries per layer, ``[B, H, L - 1, D]`` (zeros before the
+    first), which the next tokens' queries mix in."""
     length: int = 0
     """Number of positions filled so far."""
 
@@ -115,6 +126,13 @@ class KVCache:
         self.values[layer][:, :, self.length : end] = v
         return self.keys[layer][:, :, :end].to(k.dtype), self.values[layer][:, :, :end].to(v.dtype)
 
+    def with_query_tail(self, layer: int, q: Tensor) -> Tensor:
+        """The new ``[B, H, T, D]`` queries of ``layer`` behind the ones before them, ``[B, H, L - 1 + T, D]``; the
+        tail moves on to the last ``L - 1`` of them."""
+        queries = torch.cat([self.query_tails[layer].to(q.dtype), q], dim=2)
+        self.query_tails[layer] = queries[:, :, q.shape[2] :].clone()
+        return queries
+
     def advance(self, new_len: int) -> None:
         """Count ``new_len`` more positions as filled (after every layer has written them)."""
         self.length += new_len
@@ -131,6 +149,13 @@ class Attention(nn.Module):
         self.proj = nn.Linear(config.n_heads * config.head_dim, config.d_model, bias=False)
         self.smear_logit = (
             nn.Parameter(torch.full((config.n_kv_heads,), config.key_smear_init)) if config.key_smear else None
+        )
+        further = config.smear_lags - 1
+        self.key_lag_weights = (
+            nn.Parameter(torch.full((further * config.n_kv_heads,), config.smear_lag_init)) if further else None
+        )
+        self.query_lag_weights = (
+            nn.Parameter(torch.full((further * config.n_heads,), config.smear_lag_init)) if further else None
         )
 
     def forward(
@@ -153,12 +178,17 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv_cache is None:
             if self.smear_logit is not None:
-                k = smear_keys(k, self.smear_logit, seq_ids)
+                k = smear_keys(k, self.smear_logit, seq_ids, self.key_lag_weights)
+            if self.query_lag_weights is not None:
+                q = smear_queries(q, self.query_lag_weights, seq_ids)
             out = attention(q, k, v, causal=True, seq_ids=seq_ids, backend=cfg.attn_backend)  # [B, H, T, D]
         else:
             k, v = kv_cache.write(layer, k, v)  # [B, Hkv, S, D], S = cached + T; the cache keeps unsmeared keys
+            if self.query_lag_weights is not None:
+                tail = cfg.smear_lags - 1
+                q = smear_queries(kv_cache.with_query_tail(layer, q), self.query_lag_weights)[:, :, tail:]
             if self.smear_logit is not None:
-                k = smear_keys(k, self.smear_logit)
+                k = smear_keys(k, self.smear_logit, None, self.key_lag_weights)
             out = prefix_causal_attention(q, k, v)  # [B, H, T, D]
         return self.proj(out.transpose(1, 2).reshape(batch, seq_len, -1))
 
@@ -221,6 +251,8 @@ class LLM(nn.Module):
         for name, param in self.named_parameters():
             if name.endswith("smear_logit"):
                 nn.init.constant_(param, self.config.key_smear_init)
+            elif name.endswith("lag_weights"):
+                nn.init.constant_(param, self.config.smear_lag_init)
             elif param.dim() < 2:
                 nn.init.ones_(param)  # RMSNorm gains
             elif name.endswith(("attn.proj.weight", "mlp.down.weight")):
@@ -317,9 +349,11 @@ class LLM(nn.Module):
         cfg, weight = self.config, self.embed.weight
         shape = (batch_size, cfg.n_kv_heads, max_len, cfg.head_dim)
         kwargs = {"device": device or weight.device, "dtype": dtype or weight.dtype}
+        tail_shape = (batch_size, cfg.n_heads, cfg.smear_lags - 1, cfg.head_dim)
         return KVCache(
             keys=[torch.zeros(shape, **kwargs) for _ in range(cfg.n_layers)],
             values=[torch.zeros(shape, **kwargs) for _ in range(cfg.n_layers)],
+            query_tails=[torch.zeros(tail_shape, **kwargs) for _ in range(cfg.n_layers)] if cfg.smear_lags > 1 else [],
         )
 
     def num_params(self, non_embedding: bool = False) -> int:

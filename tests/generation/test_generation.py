@@ -12,17 +12,23 @@ from mm_lightning.ops.attention import attention, prefix_causal_attention
 VOCAB = 97
 
 
-def micro(key_smear: bool = False):
+def micro(key_smear: bool = False, smear_lags: int = 1):
     """A micro LLM whose greedy continuations vary (untied head, wider init), so equalities are not trivial.
 
-    ``key_smear``: with smeared keys, each gate at a different, large share (0.27-0.73), so the smear shows."""
+    ``key_smear``: with smeared keys, each gate at a different, large share (0.27-0.73), so the smear shows;
+    ``smear_lags``: keys and queries that mix in further lags, each weight different."""
     torch.manual_seed(0)
     fields = dict(vocab_size=VOCAB, n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, ffn_hidden=96)
-    llm = build_backbone("llm", "tiny", **fields, tie_embeddings=False, init_std=0.3, key_smear=key_smear).eval()
+    llm = build_backbone(
+        "llm", "tiny", **fields, tie_embeddings=False, init_std=0.3, key_smear=key_smear, smear_lags=smear_lags
+    ).eval()
     if key_smear:
         with torch.no_grad():
             for block in llm.blocks:
                 block.attn.smear_logit.copy_(torch.tensor([-1.0, 1.0]))
+                for weights in (block.attn.key_lag_weights, block.attn.query_lag_weights):
+                    if weights is not None:
+                        weights.copy_(torch.linspace(-0.8, 0.9, weights.numel()))
     return llm
 
 
@@ -49,9 +55,9 @@ def test_cached_sampling_equals_uncached_with_the_same_generator():
     assert torch.equal(cached, uncached)
 
 
-@pytest.mark.parametrize("key_smear", [False, True])
-def test_cached_forward_logits_equal_the_full_forward(key_smear):
-    llm = micro(key_smear)
+@pytest.mark.parametrize(("key_smear", "smear_lags"), [(False, 1), (True, 1), (True, 3)])
+def test_cached_forward_logits_equal_the_full_forward(key_smear, smear_lags):
+    llm = micro(key_smear, smear_lags)
     ids = prompts(2, 12)
     cache = llm.new_kv_cache(2, 16)
     with torch.no_grad():

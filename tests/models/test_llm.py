@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from mm_lightning import build_backbone
+from mm_lightning.errors import ConfigError
 from mm_lightning.models import LLM
 from mm_lightning.ops.key_smear import GATE_INIT
 
@@ -40,9 +41,9 @@ def test_logits_shape_and_tied_head():
     assert micro(tie_embeddings=False).lm_head.weight is not micro(tie_embeddings=False).embed.weight
 
 
-@pytest.mark.parametrize("key_smear", [False, True])
-def test_packed_row_equals_documents_alone(key_smear):
-    llm = micro(key_smear=key_smear, init_std=0.3)
+@pytest.mark.parametrize(("key_smear", "smear_lags"), [(False, 1), (True, 1), (True, 3)])
+def test_packed_row_equals_documents_alone(key_smear, smear_lags):
+    llm = micro(key_smear=key_smear, smear_lags=smear_lags, init_std=0.3)
     if key_smear:  # a large share, so a key smeared across a document boundary would show
         for block in llm.blocks:
             torch.nn.init.constant_(block.attn.smear_logit, 1.0)
@@ -114,3 +115,25 @@ def test_smeared_keys_change_the_model_and_train_their_gates():
         assert not torch.allclose(logits[:, 1:], plain(ids)[:, 1:], atol=1e-3)
     logits.logsumexp(-1).mean().backward()
     assert smeared.blocks[1].attn.smear_logit.grad.abs().sum() > 0
+
+
+def test_further_smear_lags_start_at_their_weight_and_at_zero_are_the_one_lag_model():
+    """``smear_lags: 3`` adds per-head weights of the keys' lags 2-3 and the queries' lags 1-2; set to zero, the model
+    is the one-lag smear's; they learn; without ``key_smear`` the option is refused."""
+    one, three = micro(init_std=0.3, key_smear=True), micro(init_std=0.3, key_smear=True, smear_lags=3)
+    attn = three.blocks[0].attn
+    assert attn.key_lag_weights.shape == (2 * 2,) and attn.query_lag_weights.shape == (2 * 4,)
+    assert torch.allclose(attn.query_lag_weights, torch.full((8,), 0.5))
+    ids = torch.randint(1, 97, (2, 10), generator=torch.Generator().manual_seed(3))
+    three.load_state_dict(one.state_dict(), strict=False)
+    logits = three(ids)
+    logits.logsumexp(-1).mean().backward()
+    assert attn.key_lag_weights.grad.abs().sum() > 0 and attn.query_lag_weights.grad.abs().sum() > 0
+    with torch.no_grad():
+        assert not torch.allclose(logits[:, 1:], one(ids)[:, 1:], atol=1e-3)
+        for block in three.blocks:
+            block.attn.key_lag_weights.zero_()
+            block.attn.query_lag_weights.zero_()
+        torch.testing.assert_close(three(ids), one(ids))
+    with pytest.raises(ConfigError, match="smear_lags=3: must be 1, or more with key_smear: true"):
+        micro(smear_lags=3)
