@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from mm_lightning import tokenizer as tokenizer_lib
 from mm_lightning.demo.corpora import SOTU, read_corpus
-from mm_lightning.demo.recall import RecallConfig, address_sentences, recall_document
+from mm_lightning.demo.recall import ITEMS, RecallConfig, address_sentences, recall_document
 from mm_lightning.errors import ConfigError
 
 
@@ -36,6 +36,8 @@ def check_recall_config(config: RecallConfig, where: str) -> None:
         if not least <= low <= high:
             raise ConfigError(f"{where}: {name} must be [fewest, most] with {least} <= fewest <= most, "
                               f"got {[low, high]}")  # fmt: skip
+    if config.facts[1] > len(ITEMS):
+        raise ConfigError(f"{where}: facts may be at most {len(ITEMS)} (one item each), got {config.facts[1]}")
 
 
 class RecallRowsDataset(Dataset):

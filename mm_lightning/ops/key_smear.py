@@ -25,8 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mm_lightning.ops.packing import document_starts
-
 GATE_INIT = 3.0
 """Initial gate logit: each key starts as ``sigmoid(3) = 0.95`` its predecessor's, nearly the key of the token before
 (``LLMConfig.key_smear_init`` sets another). The more of the predecessor a key starts with, the sooner a copying head
@@ -42,11 +40,8 @@ def shifted(x: Tensor, lag: int, seq_ids: Tensor | None = None) -> Tensor:
         return torch.zeros_like(x)
     out = F.pad(x[:, :, : x.shape[2] - lag], (0, 0, lag, 0))
     if seq_ids is not None:
-        if lag == 1:
-            same = ~document_starts(seq_ids)  # [B, T]
-        else:
-            same = torch.zeros_like(seq_ids, dtype=torch.bool)
-            same[:, lag:] = seq_ids[:, lag:] == seq_ids[:, :-lag]
+        same = torch.zeros_like(seq_ids, dtype=torch.bool)  # [B, T]: t - lag lies in t's document
+        same[:, lag:] = seq_ids[:, lag:] == seq_ids[:, :-lag]
         out = out * same[:, None, :, None].to(x.dtype)
     return out
 

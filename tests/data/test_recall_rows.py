@@ -48,6 +48,7 @@ def test_rows_hold_recall_documents_whose_numbers_come_back(demo_sotu: Path) -> 
     [
         ({"facts": [0, 2]}, "facts must be \\[fewest, most\\] with 1 <= fewest <= most"),
         ({"passages": [3, 1]}, "passage_sentences must be \\[fewest, most\\]"),
+        ({"facts": [2, 31]}, "facts may be at most 30"),
         ({"digits": 4}, "digits must be a pair of integers \\[fewest, most\\], got 4"),
         ({"text_len": 1}, "text_len must be at least 2"),
         ({"gap": 3}, "unknown option"),
