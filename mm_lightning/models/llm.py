@@ -63,10 +63,12 @@ class LLMConfig:
     ``export-llama`` refuses a model that has it."""
     key_smear_init: float = GATE_INIT
     """The smear gates' initial logit: ``sigmoid`` of it is each key's initial share of its predecessor's key."""
-    smear_lags: int = 1
+    smear_lags: int | list[int] = 1
     """How many tokens a smeared head matches: with ``L > 1`` each query mixes in its ``L - 1`` predecessors and each
     key's smeared share the ``L`` keys before it (``ops/key_smear.py``), so that a copying head can find a phrase
-    ("in locker") where one token ("er") occurs in several places. Needs ``key_smear``."""
+    ("in locker") where one token ("er") occurs in several places. One number for every layer, or a list of one per
+    layer (e.g. ``[3, 3, 1, 1]``: the phrase match in the first layers, whose extra lags would blur the later layers'
+    far look-up; README, "Why the passkey stays at 0"). Needs ``key_smear``."""
     smear_lag_init: float = 0.5
     """Initial weight of every further lag (``smear_lags > 1``); lag 1 of the keys and lag 0 of the queries weigh 1."""
     head_dim: int = field(init=False)
@@ -78,10 +80,20 @@ class LLMConfig:
         if self.n_heads % self.n_kv_heads:
             raise ConfigError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
         self.head_dim = self.d_model // self.n_heads
-        if self.smear_lags < 1 or (self.smear_lags > 1 and not self.key_smear):
-            raise ConfigError(f"smear_lags={self.smear_lags}: must be 1, or more with key_smear: true")
+        lags = self.smear_lags if isinstance(self.smear_lags, list) else [self.smear_lags] * self.n_layers
+        if len(lags) != self.n_layers or any(not isinstance(n, int) or n < 1 for n in lags):
+            raise ConfigError(
+                f"smear_lags={self.smear_lags}: must be a whole number >= 1, or a list of {self.n_layers} of them "
+                "(one per layer)"
+            )
+        if max(lags) > 1 and not self.key_smear:
+            raise ConfigError(f"smear_lags={self.smear_lags}: more than 1 needs key_smear: true")
         if self.head_dim % 2:
             raise ConfigError(f"head_dim={self.head_dim} must be even for RoPE")
+
+    def lags_of(self, layer: int) -> int:
+        """``smear_lags`` of one layer."""
+        return self.smear_lags[layer] if isinstance(self.smear_lags, list) else self.smear_lags
 
 
 @dataclass
@@ -141,16 +153,17 @@ class KVCache:
 class Attention(nn.Module):
     """Grouped-query self-attention with RoPE, through the shared attention backends."""
 
-    def __init__(self, config: LLMConfig) -> None:
+    def __init__(self, config: LLMConfig, layer: int = 0) -> None:
         super().__init__()
         self.config = config
+        self.lags = config.lags_of(layer)
         qkv_width = (config.n_heads + 2 * config.n_kv_heads) * config.head_dim
         self.qkv = nn.Linear(config.d_model, qkv_width, bias=False)
         self.proj = nn.Linear(config.n_heads * config.head_dim, config.d_model, bias=False)
         self.smear_logit = (
             nn.Parameter(torch.full((config.n_kv_heads,), config.key_smear_init)) if config.key_smear else None
         )
-        further = config.smear_lags - 1
+        further = self.lags - 1
         self.key_lag_weights = (
             nn.Parameter(torch.full((further * config.n_kv_heads,), config.smear_lag_init)) if further else None
         )
@@ -185,7 +198,7 @@ class Attention(nn.Module):
         else:
             k, v = kv_cache.write(layer, k, v)  # [B, Hkv, S, D], S = cached + T; the cache keeps unsmeared keys
             if self.query_lag_weights is not None:
-                tail = cfg.smear_lags - 1
+                tail = self.lags - 1
                 q = smear_queries(kv_cache.with_query_tail(layer, q), self.query_lag_weights)[:, :, tail:]
             if self.smear_logit is not None:
                 k = smear_keys(k, self.smear_logit, None, self.key_lag_weights)
@@ -209,10 +222,10 @@ class SwiGLU(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block."""
 
-    def __init__(self, config: LLMConfig) -> None:
+    def __init__(self, config: LLMConfig, layer: int = 0) -> None:
         super().__init__()
         self.attn_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
-        self.attn = Attention(config)
+        self.attn = Attention(config, layer)
         self.mlp_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.mlp = SwiGLU(config.d_model, config.ffn_hidden)
 
@@ -237,7 +250,7 @@ class LLM(nn.Module):
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.blocks = nn.ModuleList(Block(config, layer) for layer in range(config.n_layers))
         self.norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
@@ -349,11 +362,11 @@ class LLM(nn.Module):
         cfg, weight = self.config, self.embed.weight
         shape = (batch_size, cfg.n_kv_heads, max_len, cfg.head_dim)
         kwargs = {"device": device or weight.device, "dtype": dtype or weight.dtype}
-        tail_shape = (batch_size, cfg.n_heads, cfg.smear_lags - 1, cfg.head_dim)
+        tails = [(batch_size, cfg.n_heads, cfg.lags_of(layer) - 1, cfg.head_dim) for layer in range(cfg.n_layers)]
         return KVCache(
             keys=[torch.zeros(shape, **kwargs) for _ in range(cfg.n_layers)],
             values=[torch.zeros(shape, **kwargs) for _ in range(cfg.n_layers)],
-            query_tails=[torch.zeros(tail_shape, **kwargs) for _ in range(cfg.n_layers)] if cfg.smear_lags > 1 else [],
+            query_tails=[torch.zeros(tail, **kwargs) for tail in tails] if any(t[2] for t in tails) else [],
         )
 
     def num_params(self, non_embedding: bool = False) -> int:

@@ -41,7 +41,7 @@ def test_logits_shape_and_tied_head():
     assert micro(tie_embeddings=False).lm_head.weight is not micro(tie_embeddings=False).embed.weight
 
 
-@pytest.mark.parametrize(("key_smear", "smear_lags"), [(False, 1), (True, 1), (True, 3)])
+@pytest.mark.parametrize(("key_smear", "smear_lags"), [(False, 1), (True, 1), (True, 3), (True, [3, 1])])
 def test_packed_row_equals_documents_alone(key_smear, smear_lags):
     llm = micro(key_smear=key_smear, smear_lags=smear_lags, init_std=0.3)
     if key_smear:  # a large share, so a key smeared across a document boundary would show
@@ -135,5 +135,27 @@ def test_further_smear_lags_start_at_their_weight_and_at_zero_are_the_one_lag_mo
             block.attn.key_lag_weights.zero_()
             block.attn.query_lag_weights.zero_()
         torch.testing.assert_close(three(ids), one(ids))
-    with pytest.raises(ConfigError, match="smear_lags=3: must be 1, or more with key_smear: true"):
+    with pytest.raises(ConfigError, match="smear_lags=3: more than 1 needs key_smear: true"):
         micro(smear_lags=3)
+
+
+def test_smear_lags_per_layer_give_lag_weights_only_where_more_than_one():
+    """A list gives each layer its own lags: layer 0 of ``[3, 1]`` has the three-lag weights and equals layer 0 of
+    the three-lag model with the same weights; layer 1 has none and equals the one-lag model's layer 1. Lists of
+    the wrong length or with a value under 1 are refused, naming the option."""
+    mixed = micro(init_std=0.3, key_smear=True, smear_lags=[3, 1])
+    three = micro(init_std=0.3, key_smear=True, smear_lags=3)
+    assert mixed.blocks[0].attn.key_lag_weights.shape == (2 * 2,)
+    assert mixed.blocks[1].attn.key_lag_weights is None and mixed.blocks[1].attn.query_lag_weights is None
+    ids = torch.randint(1, 97, (2, 10), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        mixed.load_state_dict(three.state_dict(), strict=False)
+        assert not torch.allclose(mixed(ids), three(ids), atol=1e-3)  # layer 1's extra lags are gone
+        three.blocks[1].attn.key_lag_weights.zero_()
+        three.blocks[1].attn.query_lag_weights.zero_()
+        torch.testing.assert_close(mixed(ids), three(ids))
+    for bad in ([3], [3, 0], [3, 1, 1]):
+        with pytest.raises(ConfigError, match=r"smear_lags=\[.*\]: must be a whole number >= 1, or a list of 2"):
+            micro(key_smear=True, smear_lags=bad)
+    with pytest.raises(ConfigError, match="more than 1 needs key_smear"):
+        micro(smear_lags=[1, 2])
