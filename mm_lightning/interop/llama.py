@@ -75,7 +75,7 @@ def export_llama(
     out = Path(out)
     check_output(out, overwrite, ("config.json", SAFETENSORS))
     llm = load_backbone(ckpt, "llm")
-    if llm.config.key_smear:
+    if llm.config.any_smear:
         raise ConversionError(
             f"{ckpt}: its LLM has smeared keys (key_smear: true), which a Llama cannot compute; only an LLM trained "
             "without them exports"

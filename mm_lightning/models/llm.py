@@ -56,11 +56,13 @@ class LLMConfig:
     """Attention backend: ``auto`` (xformers on CUDA when available, else SDPA), ``sdpa`` or ``xformers``."""
     init_std: float = 0.02
     """Standard deviation of the normal weight init."""
-    key_smear: bool = False
+    key_smear: bool | list[bool] = False
     """Smeared keys (``ops/key_smear.py``): each key mixes in the previous position's through a learned gate per key
     head, so one head can copy what followed an earlier occurrence of a token (an induction head). Trained with Muon,
     it lets the tiny preset learn such copying in a few hundred steps (README); a Llama has no such gate, so
-    ``export-llama`` refuses a model that has it."""
+    ``export-llama`` refuses a model that has it. ``true`` for every layer, or a list of one per layer (e.g.
+    ``[true, true, false, false]``: the copying head's layers only, so that the later layers key on each position's
+    own content, as reading an image needs; README, "The long demo with the copy curriculum")."""
     key_smear_init: float = GATE_INIT
     """The smear gates' initial logit: ``sigmoid`` of it is each key's initial share of its predecessor's key."""
     smear_lags: int | list[int] = 1
@@ -86,14 +88,32 @@ class LLMConfig:
                 f"smear_lags={self.smear_lags}: must be a whole number >= 1, or a list of {self.n_layers} of them "
                 "(one per layer)"
             )
-        if max(lags) > 1 and not self.key_smear:
-            raise ConfigError(f"smear_lags={self.smear_lags}: more than 1 needs key_smear: true")
+        smears = self.key_smear if isinstance(self.key_smear, list) else [self.key_smear] * self.n_layers
+        if len(smears) != self.n_layers or any(not isinstance(flag, bool) for flag in smears):
+            raise ConfigError(
+                f"key_smear={self.key_smear}: must be true or false, or a list of {self.n_layers} of them "
+                "(one per layer)"
+            )
+        if any(n > 1 and not flag for n, flag in zip(lags, smears)):
+            raise ConfigError(
+                f"smear_lags={self.smear_lags}: more than 1 needs key_smear: true (in that layer; key_smear="
+                f"{self.key_smear})"
+            )
         if self.head_dim % 2:
             raise ConfigError(f"head_dim={self.head_dim} must be even for RoPE")
 
     def lags_of(self, layer: int) -> int:
         """``smear_lags`` of one layer."""
         return self.smear_lags[layer] if isinstance(self.smear_lags, list) else self.smear_lags
+
+    def smears(self, layer: int) -> bool:
+        """``key_smear`` of one layer."""
+        return self.key_smear[layer] if isinstance(self.key_smear, list) else self.key_smear
+
+    @property
+    def any_smear(self) -> bool:
+        """Whether any layer has smeared keys."""
+        return any(self.smears(layer) for layer in range(self.n_layers))
 
 
 @dataclass
@@ -161,7 +181,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(config.d_model, qkv_width, bias=False)
         self.proj = nn.Linear(config.n_heads * config.head_dim, config.d_model, bias=False)
         self.smear_logit = (
-            nn.Parameter(torch.full((config.n_kv_heads,), config.key_smear_init)) if config.key_smear else None
+            nn.Parameter(torch.full((config.n_kv_heads,), config.key_smear_init)) if config.smears(layer) else None
         )
         further = self.lags - 1
         self.key_lag_weights = (

@@ -12,7 +12,7 @@ from mm_lightning.ops.attention import attention, prefix_causal_attention
 VOCAB = 97
 
 
-def micro(key_smear: bool = False, smear_lags: int | list[int] = 1):
+def micro(key_smear: bool | list[bool] = False, smear_lags: int | list[int] = 1):
     """A micro LLM whose greedy continuations vary (untied head, wider init), so equalities are not trivial.
 
     ``key_smear``: with smeared keys, each gate at a different, large share (0.27-0.73), so the smear shows;
@@ -25,7 +25,8 @@ def micro(key_smear: bool = False, smear_lags: int | list[int] = 1):
     if key_smear:
         with torch.no_grad():
             for block in llm.blocks:
-                block.attn.smear_logit.copy_(torch.tensor([-1.0, 1.0]))
+                if block.attn.smear_logit is not None:
+                    block.attn.smear_logit.copy_(torch.tensor([-1.0, 1.0]))
                 for weights in (block.attn.key_lag_weights, block.attn.query_lag_weights):
                     if weights is not None:
                         weights.copy_(torch.linspace(-0.8, 0.9, weights.numel()))
@@ -55,7 +56,9 @@ def test_cached_sampling_equals_uncached_with_the_same_generator():
     assert torch.equal(cached, uncached)
 
 
-@pytest.mark.parametrize(("key_smear", "smear_lags"), [(False, 1), (True, 1), (True, 3), (True, [1, 3])])
+@pytest.mark.parametrize(
+    ("key_smear", "smear_lags"), [(False, 1), (True, 1), (True, 3), (True, [1, 3]), ([False, True], [1, 3])]
+)
 def test_cached_forward_logits_equal_the_full_forward(key_smear, smear_lags):
     llm = micro(key_smear, smear_lags)
     ids = prompts(2, 12)

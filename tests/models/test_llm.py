@@ -41,11 +41,13 @@ def test_logits_shape_and_tied_head():
     assert micro(tie_embeddings=False).lm_head.weight is not micro(tie_embeddings=False).embed.weight
 
 
-@pytest.mark.parametrize(("key_smear", "smear_lags"), [(False, 1), (True, 1), (True, 3), (True, [3, 1])])
+@pytest.mark.parametrize(
+    ("key_smear", "smear_lags"), [(False, 1), (True, 1), (True, 3), (True, [3, 1]), ([True, False], [3, 1])]
+)
 def test_packed_row_equals_documents_alone(key_smear, smear_lags):
     llm = micro(key_smear=key_smear, smear_lags=smear_lags, init_std=0.3)
-    if key_smear:  # a large share, so a key smeared across a document boundary would show
-        for block in llm.blocks:
+    for block in llm.blocks:  # a large share, so a key smeared across a document boundary would show
+        if block.attn.smear_logit is not None:
             torch.nn.init.constant_(block.attn.smear_logit, 1.0)
     docs = [torch.randint(1, 97, (n,)) for n in (5, 9, 2)]
     packed = torch.cat(docs)[None]  # [1, 16]
@@ -159,3 +161,24 @@ def test_smear_lags_per_layer_give_lag_weights_only_where_more_than_one():
             micro(key_smear=True, smear_lags=bad)
     with pytest.raises(ConfigError, match="more than 1 needs key_smear"):
         micro(smear_lags=[1, 2])
+
+
+def test_key_smear_per_layer_gives_gates_only_where_true():
+    """A list gives each layer its own smear: layer 1 of ``[false, true]`` has gates and equals the all-smeared
+    model's layer 1; layer 0 has none and equals the plain model's layer 0. Wrong lists, and further lags in a layer
+    without the smear, are refused, naming the option."""
+    mixed = micro(init_std=0.3, key_smear=[False, True])
+    smeared = micro(init_std=0.3, key_smear=True)
+    assert mixed.blocks[0].attn.smear_logit is None and mixed.blocks[1].attn.smear_logit.shape == (2,)
+    assert mixed.config.any_smear and not micro().config.any_smear
+    ids = torch.randint(1, 97, (2, 10), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        mixed.load_state_dict(smeared.state_dict(), strict=False)
+        assert not torch.allclose(mixed(ids), smeared(ids), atol=1e-3)  # layer 0's smear is gone
+        smeared.blocks[0].attn.smear_logit.fill_(-30.0)  # a gate of ~0: layer 0 keys on its own position
+        torch.testing.assert_close(mixed(ids), smeared(ids))
+    for bad in ([True], [True, 1], [True, False, True]):
+        with pytest.raises(ConfigError, match=r"key_smear=\[.*\]: must be true or false, or a list of 2"):
+            micro(key_smear=bad)
+    with pytest.raises(ConfigError, match=r"more than 1 needs key_smear: true \(in that layer"):
+        micro(key_smear=[True, False], smear_lags=[1, 3])
