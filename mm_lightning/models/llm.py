@@ -61,8 +61,9 @@ class LLMConfig:
     head, so one head can copy what followed an earlier occurrence of a token (an induction head). Trained with Muon,
     it lets the tiny preset learn such copying in a few hundred steps (README); a Llama has no such gate, so
     ``export-llama`` refuses a model that has it. ``true`` for every layer, or a list of one per layer (e.g.
-    ``[true, true, false, false]``: the copying head's layers only, so that the later layers key on each position's
-    own content, as reading an image needs; README, "The long demo with the copy curriculum")."""
+    ``[true, true, false, false]``: gates in the copying head's layers only, the later layers keying on each
+    position's own content; measured in the long demo's pipeline it aligned worse, README, "The copy curriculum in
+    the long demo's hour")."""
     key_smear_init: float = GATE_INIT
     """The smear gates' initial logit: ``sigmoid`` of it is each key's initial share of its predecessor's key."""
     smear_lags: int | list[int] = 1
@@ -82,13 +83,13 @@ class LLMConfig:
         if self.n_heads % self.n_kv_heads:
             raise ConfigError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
         self.head_dim = self.d_model // self.n_heads
-        lags = self.smear_lags if isinstance(self.smear_lags, list) else [self.smear_lags] * self.n_layers
+        lags = self._per_layer(self.smear_lags)
         if len(lags) != self.n_layers or any(not isinstance(n, int) or n < 1 for n in lags):
             raise ConfigError(
                 f"smear_lags={self.smear_lags}: must be a whole number >= 1, or a list of {self.n_layers} of them "
                 "(one per layer)"
             )
-        smears = self.key_smear if isinstance(self.key_smear, list) else [self.key_smear] * self.n_layers
+        smears = self._per_layer(self.key_smear)
         if len(smears) != self.n_layers or any(not isinstance(flag, bool) for flag in smears):
             raise ConfigError(
                 f"key_smear={self.key_smear}: must be true or false, or a list of {self.n_layers} of them "
@@ -102,18 +103,22 @@ class LLMConfig:
         if self.head_dim % 2:
             raise ConfigError(f"head_dim={self.head_dim} must be even for RoPE")
 
+    def _per_layer(self, value):
+        """A per-layer option as a list of one value per layer (a list as given; one value repeated)."""
+        return value if isinstance(value, list) else [value] * self.n_layers
+
     def lags_of(self, layer: int) -> int:
         """``smear_lags`` of one layer."""
-        return self.smear_lags[layer] if isinstance(self.smear_lags, list) else self.smear_lags
+        return self._per_layer(self.smear_lags)[layer]
 
     def smears(self, layer: int) -> bool:
         """``key_smear`` of one layer."""
-        return self.key_smear[layer] if isinstance(self.key_smear, list) else self.key_smear
+        return self._per_layer(self.key_smear)[layer]
 
     @property
     def any_smear(self) -> bool:
         """Whether any layer has smeared keys."""
-        return any(self.smears(layer) for layer in range(self.n_layers))
+        return any(self._per_layer(self.key_smear))
 
 
 @dataclass
