@@ -52,7 +52,8 @@ class Manifest:
         data.update(pipeline=spec.name, pipeline_file=str(spec.path), run_dir=str(spec.run_dir))
         known = {entry["name"]: entry for entry in data.get("stages", [])}
         data["stages"] = [  # the pipeline's order; entries of stages no longer in the file are dropped
-            known.get(stage.name, {"name": stage.name, "status": "pending"}) | {"index": index, "title": stage.title}
+            known.get(stage.name, {"name": stage.name, "status": "pending"})
+            | {"index": index, "title": stage.title, "bars": dict(stage.bars)}
             for index, stage in enumerate(spec.stages, start=1)
         ]
         return cls(path, data)
@@ -78,7 +79,7 @@ class Manifest:
         """Mark a stage running (attempt n+1, or 1 with a new run id when ``fresh``) and record what it consumes."""
         entry = self._entry(stage.name)
         if fresh:  # starting over: nothing of an earlier attempt (time, figures) belongs to this run
-            kept = {key: entry[key] for key in ("name", "index", "title")}
+            kept = {key: entry[key] for key in ("name", "index", "title", "bars") if key in entry}
             entry.clear()
             entry.update(kept, run_id=uuid.uuid4().hex[:12])
         entry.update(

@@ -13,6 +13,7 @@ A pipeline file (``configs/pipelines/*.yaml``) lists stages. Each names its stag
           model.init_args.llm_checkpoint: text
           model.init_args.vision_checkpoint: align
           trainer.callbacks.LRSchedulerResume.init_args.checkpoint: text
+        bars: {val/image_use_gap: 0.5}  # optional: what the summary judges the stage on (pipeline/verdict.py)
 
 A dotted key walks dicts by name and lists by index or by class name (``trainer.callbacks.ModelCheckpoint``
 is the callback whose ``class_path`` ends in ``ModelCheckpoint``); a key ending in ``+`` appends to a list.
@@ -32,7 +33,7 @@ import yaml
 
 from mm_lightning.errors import ConfigError
 
-STAGE_KEYS = {"name", "title", "config", "overrides", "inputs", "metric"}
+STAGE_KEYS = {"name", "title", "config", "overrides", "inputs", "metric", "bars"}
 PIPELINE_KEYS = {"name", "run_dir", "overrides", "stages", "concurrent_stages"}
 # how a stage runs, not what it computes: changing these does not make a finished stage stale
 RUNTIME_KEYS = ("trainer.devices", "trainer.num_nodes", "trainer.strategy", "data.init_args.num_workers")
@@ -57,6 +58,8 @@ class StageSpec:
     overrides: dict[str, Any]
     inputs: dict[str, str]
     metric: MetricSpec | None
+    bars: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Validation tag -> the value it must reach by the stage's end (judged in the summary, never stops a run)."""
 
     @property
     def needs(self) -> list[str]:
@@ -167,7 +170,23 @@ def _parse_stage(entry: Any, position: int, path: Path, common: dict, extra: dic
         overrides=common | entry.get("overrides", {}) | extra,
         inputs={str(key): str(value) for key, value in entry.get("inputs", {}).items()},
         metric=_parse_metric(entry.get("metric"), where),
+        bars=_parse_bars(entry.get("bars", {}), f"{where} ({entry['name']})"),
     )
+
+
+def _parse_bars(value: Any, where: str) -> dict[str, float]:
+    """``{val/<tag>: number}``, or a ``ConfigError`` naming what is wrong."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: `bars` maps validation tags to the value each must reach, e.g. "
+                          f"{{val/image_use_gap: 0.3}}, not {value!r}.")  # fmt: skip
+    bars = {}
+    for tag, bar in value.items():
+        if not (isinstance(tag, str) and tag.startswith("val/")):
+            raise ConfigError(f"{where}: `bars` key {tag!r} is not a validation tag (they start with 'val/').")
+        if isinstance(bar, bool) or not isinstance(bar, (int, float)) or bar != bar:
+            raise ConfigError(f"{where}: `bars` value for {tag} must be a number, not {bar!r}.")
+        bars[tag] = float(bar)
+    return bars
 
 
 def _parse_metric(value: Any, where: str) -> MetricSpec | None:

@@ -17,11 +17,17 @@ its chance or baseline and, where the stage should move it, its start:
 
 Figures no check judges (recall@5, all-emoji accuracy, passkey and copy at other lengths or in other stages) are listed
 beside the checks for context. A stage with no check (text pre-training) is judged by its headline metric alone.
+
+These rules ask for a capability at all. How much of it a run must show is the pipeline file's to say: a stage's
+``bars`` (tag -> the value it must reach, e.g. ``{val/image_use_gap: 0.3}``, recorded in its manifest entry) join the
+check of that tag, or make one where no rule above judges the tag; a tag the stage never logged fails, saying so.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +50,15 @@ class Bar:
     value: float
     failure: str
     """The plain consequence when the figure does not exceed it."""
+    reach: bool = False
+    """Reaching the value is enough (a pipeline file's bar, ``>=``); otherwise the figure must exceed it (``>``)."""
+
+    def met_by(self, figure: float) -> bool:
+        """Whether ``figure`` clears the bar (never when it is NaN: a figure the stage did not log)."""
+        return figure >= self.value if self.reach else figure > self.value
+
+    def __str__(self) -> str:
+        return f"{'>=' if self.reach else '>'} {self.name}"
 
 
 @dataclass(frozen=True)
@@ -52,10 +67,11 @@ class Check:
 
     Attributes:
         label: what the figure is, e.g. ``"image-use gap"``.
-        value: the figure at the end of the stage.
+        value: the figure at the end of the stage (NaN: the stage did not log it).
         references: ``(name, value)`` pairs printed beside it (chance, baselines, start).
         bars: what it must exceed to pass; none: shown for context, not judged.
         unit: printed after the value, e.g. ``" nats"``.
+        tag: the logged tag the figure comes from (where a pipeline file's bar for it joins the check).
     """
 
     label: str
@@ -63,21 +79,23 @@ class Check:
     references: tuple[tuple[str, float], ...] = ()
     bars: tuple[Bar, ...] = ()
     unit: str = ""
+    tag: str | None = None
 
     @property
     def passed(self) -> bool | None:
-        """Whether the figure exceeds every bar (``None`` when it has none)."""
-        return all(self.value > bar.value for bar in self.bars) if self.bars else None
+        """Whether the figure clears every bar (``None`` when it has none)."""
+        return all(bar.met_by(self.value) for bar in self.bars) if self.bars else None
 
     def describe(self) -> str:
         """One line: ``FAIL image-use gap 0.0004 nats (start 0.001; needs > 0.05): the model ignores its images``."""
         beside = ", ".join(f"{name} {_number(value)}" for name, value in self.references)
         if self.bars:
-            needs = "needs " + ", ".join(f"> {bar.name}" for bar in self.bars)
+            needs = "needs " + ", ".join(str(bar) for bar in self.bars)
             beside = f"{beside}; {needs}" if beside else needs
-        line = f"{MARKS[self.passed]} {self.label} {_number(self.value)}{self.unit}"
+        value = "not logged" if math.isnan(self.value) else f"{_number(self.value)}{self.unit}"
+        line = f"{MARKS[self.passed]} {self.label} {value}"
         line += f" ({beside})" if beside else ""
-        failed = next((bar for bar in self.bars if not self.value > bar.value), None)
+        failed = next((bar for bar in self.bars if not bar.met_by(self.value)), None)
         return f"{line}: {failed.failure}" if failed else line
 
 
@@ -109,7 +127,7 @@ def vit_checks(start: Metrics, final: Metrics) -> list[Check]:
             chance, colour = final.get(f"val/probe_chance_r@{k}"), final.get(f"val/probe_colour_only_r@{k}")
             references = _present(("chance", chance), ("colour-only", colour), ("start", start.get(tag)))
             bars = _identity_bars(chance, colour, start.get(tag)) if k == 1 else ()
-            checks.append(Check(f"emoji identity {direction} r@{k}", final[tag], references, bars))
+            checks.append(Check(f"emoji identity {direction} r@{k}", final[tag], references, bars, tag=tag))
     return checks
 
 
@@ -130,7 +148,9 @@ def vlm_checks(start: Metrics, final: Metrics) -> list[Check]:
     if "val/image_use_gap" in final:
         gap = Bar(f"{MIN_IMAGE_USE_GAP:g}", MIN_IMAGE_USE_GAP, "the model ignores its images")
         references = _present(("start", start.get("val/image_use_gap")))
-        checks.append(Check("image-use gap", final["val/image_use_gap"], references, (gap,), unit=" nats"))
+        checks.append(
+            Check("image-use gap", final["val/image_use_gap"], references, (gap,), " nats", "val/image_use_gap")
+        )
     captions = [
         ("colour", "background colour", "the captions name the background colour no more often than chance"),
         ("emoji_any", "at least one emoji", "the captions name the scene's emoji no more often than chance"),
@@ -143,7 +163,7 @@ def vlm_checks(start: Metrics, final: Metrics) -> list[Check]:
         chance = final.get(f"val/caption_{key}_chance")
         references = _present(("chance", chance), ("start", start.get(tag)))
         bars = _bars(Bar("chance", chance, failure)) if chance is not None and failure else ()
-        checks.append(Check(f"captions naming {what}", final[tag], references, bars))
+        checks.append(Check(f"captions naming {what}", final[tag], references, bars, tag=tag))
     return checks
 
 
@@ -184,7 +204,7 @@ def _per_length_checks(
         bars = _bars(_above_start(start.get(tag), failure)) if judged else ()
         chance = final.get(f"val/{name}_chance")
         references = _present(("chance", chance), ("start", start.get(tag)), *beside(length))
-        checks.append(Check(f"{name}@{length}", final[tag], references, bars))
+        checks.append(Check(f"{name}@{length}", final[tag], references, bars, tag=tag))
     return checks
 
 
@@ -212,7 +232,25 @@ def stage_checks(stage: Stage, earlier: Sequence[Stage] = ()) -> list[Check]:
     start, final = stage.get("start_metrics") or {}, stage.get("final_metrics") or {}
     extends = extends_context(stage, earlier)
     checks = [*vit_checks(start, final), *vlm_checks(start, final), *passkey_checks(start, final, extends)]
-    return checks + copy_checks(start, final, extends)
+    return with_file_bars(checks + copy_checks(start, final, extends), stage.get("bars") or {}, start, final)
+
+
+def with_file_bars(checks: list[Check], bars: Mapping[str, float], start: Metrics, final: Metrics) -> list[Check]:
+    """``checks`` with the pipeline file's ``bars`` (tag -> value to reach) joined to the checks of their tags; a
+    tag no check covers becomes a check of its own (``not logged``, failing, when the stage has no such figure)."""
+    checks = list(checks)
+    for tag, value in bars.items():
+        bar = Bar(f"{value:g}", float(value), f"short of the pipeline file's bar for {tag}", reach=True)
+        index = next((i for i, check in enumerate(checks) if check.tag == tag), None)
+        if index is not None:
+            checks[index] = dataclasses.replace(checks[index], bars=(*checks[index].bars, bar))
+            continue
+        if tag not in final:
+            unlogged = f"the stage logged no {tag} (is the tag spelled as the logs have it?)"
+            bar = dataclasses.replace(bar, failure=unlogged)
+        references = _present(("start", start.get(tag)))
+        checks.append(Check(tag, float(final.get(tag, math.nan)), references, (bar,), tag=tag))
+    return checks
 
 
 def pipeline_checks(stages: Sequence[Stage]) -> list[list[Check]]:

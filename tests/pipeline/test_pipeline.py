@@ -289,3 +289,24 @@ def test_the_command_reports_mistakes_in_one_line(
     assert stop.value.code == 0
     assert "stage 4/6 joint: joint pre-training (recipe stage 3)" in capsys.readouterr().out
     assert not (tmp_path / "demo").exists()  # a dry run writes nothing
+
+
+def test_bars_are_checked_when_the_file_loads_and_follow_the_file_into_the_manifest(tmp_path: Path) -> None:
+    for bars, message in [
+        ([0.3], "`bars` maps validation tags"),
+        ({"image_use_gap": 0.3}, "'image_use_gap' is not a validation tag"),
+        ({"val/image_use_gap": "high"}, "must be a number, not 'high'"),
+        ({"val/image_use_gap": True}, "must be a number, not True"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_pipeline(write_pipeline(tmp_path, [{"name": "align", "bars": bars}]))
+    path = write_pipeline(tmp_path, [{"name": "align", "bars": {"val/image_use_gap": 0.3}}])
+    spec = load_pipeline(path)
+    assert spec.stage("align").bars == {"val/image_use_gap": 0.3}
+    manifest = Manifest.load_or_create(spec)
+    manifest.start_stage(spec.stage("align"), "abc", stage_paths(spec.run_dir, "align"), fresh=True)
+    assert manifest.stage("align")["bars"] == {"val/image_use_gap": 0.3}
+    raw = yaml.safe_load(path.read_text())
+    raw["stages"][0]["bars"] = {"val/image_use_gap": 0.5}  # a bar changed after the run: the summary judges by it
+    path.write_text(yaml.safe_dump(raw))
+    assert Manifest.load_or_create(load_pipeline(path)).stage("align")["bars"] == {"val/image_use_gap": 0.5}

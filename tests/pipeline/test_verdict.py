@@ -110,3 +110,31 @@ def test_totals_count_checked_stages_and_name_the_failing_checks():
     assert line == "Capability checks: 1 of 2 checked stages pass; failing: joint (image-use gap)"
     passing = format_verdict_totals(stages[:2], pipeline_checks(stages[:2]))
     assert passing == "Capability checks: 1 of 1 checked stages pass"
+
+
+def test_a_pipeline_files_bars_join_the_check_of_their_tag_and_are_reached_not_exceeded():
+    final = {"val/image_use_gap": 0.3, "val/caption_emoji_any_acc": 0.59, "val/caption_emoji_any_chance": 0.07}
+    bars = {"val/image_use_gap": 0.3, "val/caption_emoji_any_acc": 0.6}
+    checks = stage_checks(entry("joint", {"val/image_use_gap": 0.1}, final, bars=bars))
+    assert [check.label for check in checks] == ["image-use gap", "captions naming at least one emoji"]
+    assert checks[0].passed is True  # 0.3 reaches the file's 0.3
+    assert checks[0].describe() == "PASS image-use gap 0.3 nats (start 0.1; needs > 0.05, >= 0.3)"
+    assert checks[1].passed is False  # above chance, short of the file's bar
+    assert checks[1].describe().endswith("needs > chance, >= 0.6): short of the pipeline file's bar for "
+                                         "val/caption_emoji_any_acc")  # fmt: skip
+    assert stage_checks(entry("joint", {}, final))[1].passed is True  # without the bar: above chance is enough
+
+
+def test_a_bar_on_a_figure_no_rule_judges_is_a_check_of_its_own_and_an_unlogged_one_fails():
+    final = {"val/passkey@256": 0.95, "val/passkey@1024": 0.5, "val/passkey_chance": 1e-5}
+    bars = {"val/passkey@256": 0.9, "val/passkey_typo@1024": 0.8}
+    checks = stage_checks(entry("text", {"val/passkey@256": 0.2}, final, bars=bars))  # stage 1: no passkey bar
+    by_label = {check.label: check for check in checks}
+    assert by_label["passkey@1024"].passed is None and by_label["passkey@256"].passed is True
+    missing = by_label["val/passkey_typo@1024"]
+    assert missing.passed is False
+    assert missing.describe() == (
+        "FAIL val/passkey_typo@1024 not logged (needs >= 0.8): the stage logged no val/passkey_typo@1024 "
+        "(is the tag spelled as the logs have it?)"
+    )
+    assert stage_passes(checks) is False
