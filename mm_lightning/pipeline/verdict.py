@@ -25,10 +25,9 @@ check of that tag, or make one where no rule above judges the tag; a tag the sta
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 Stage = dict[str, Any]
@@ -148,9 +147,8 @@ def vlm_checks(start: Metrics, final: Metrics) -> list[Check]:
     if "val/image_use_gap" in final:
         gap = Bar(f"{MIN_IMAGE_USE_GAP:g}", MIN_IMAGE_USE_GAP, "the model ignores its images")
         references = _present(("start", start.get("val/image_use_gap")))
-        checks.append(
-            Check("image-use gap", final["val/image_use_gap"], references, (gap,), " nats", "val/image_use_gap")
-        )
+        value = final["val/image_use_gap"]
+        checks.append(Check("image-use gap", value, references, (gap,), unit=" nats", tag="val/image_use_gap"))
     captions = [
         ("colour", "background colour", "the captions name the background colour no more often than chance"),
         ("emoji_any", "at least one emoji", "the captions name the scene's emoji no more often than chance"),
@@ -240,14 +238,16 @@ def with_file_bars(checks: list[Check], bars: Mapping[str, float], start: Metric
     tag no check covers becomes a check of its own (``not logged``, failing, when the stage has no such figure)."""
     checks = list(checks)
     for tag, value in bars.items():
-        bar = Bar(f"{value:g}", float(value), f"short of the pipeline file's bar for {tag}", reach=True)
+        failure = (
+            f"short of the pipeline file's bar for {tag}"
+            if tag in final
+            else f"the stage logged no {tag} (is the tag spelled as the logs have it?)"
+        )
+        bar = Bar(f"{value:g}", float(value), failure, reach=True)
         index = next((i for i, check in enumerate(checks) if check.tag == tag), None)
         if index is not None:
-            checks[index] = dataclasses.replace(checks[index], bars=(*checks[index].bars, bar))
+            checks[index] = replace(checks[index], bars=(*checks[index].bars, bar))
             continue
-        if tag not in final:
-            unlogged = f"the stage logged no {tag} (is the tag spelled as the logs have it?)"
-            bar = dataclasses.replace(bar, failure=unlogged)
         references = _present(("start", start.get(tag)))
         checks.append(Check(tag, float(final.get(tag, math.nan)), references, (bar,), tag=tag))
     return checks
