@@ -10,7 +10,9 @@ gives the text stage a head to keep; the text stage then keeps it with restated 
 
 Each document is ``[s, g, s, <|endoftext|>]``: a span ``s`` of ``span`` ids drawn uniformly from the tokenizer's
 ordinary tokens, ``0..gap`` random ids ``g`` (drawn per document, so the distance to the copy varies and a head
-that only looks a fixed distance back cannot solve it), and ``s`` again. Documents are packed back to back, the
+that only looks a fixed distance back cannot solve it), and ``s`` again; with a ``lead``, ``0..lead`` random ids come
+before the span, ``[l, s, g, s, <|endoftext|>]``, so the span does not always open its document and decoys can lie
+before it as well as after (:class:`CopyRowsDataset`). Documents are packed back to back, the
 last one cut at the row's end. Row ``i`` is a pure function of ``(seed, i)``: every rank and a resumed run see the
 same rows. The tokenizer is a text corpus's (``tokenizer_from``), so the checkpoint records the vocabulary the text
 stage after it reads, and the passkey check can run here too.
@@ -36,33 +38,38 @@ TRAIN_ROWS, VAL_ROWS = 1 << 16, 64
 """Default training and validation rows."""
 
 
-def check_copy_rows(span: int, gap: int, seq_len: int, where: str, decoys: int = 0) -> None:
+def check_copy_rows(span: int, gap: int, seq_len: int, where: str, decoys: int = 0, lead: int = 0) -> None:
     """A clear ``ConfigError`` (naming ``where``) for copy rows that cannot hold a span and its repeat."""
-    if decoys < 0:
-        raise ConfigError(f"{where} needs decoys >= 0, got {decoys}")
+    if decoys < 0 or lead < 0:
+        raise ConfigError(f"{where} needs decoys >= 0 and lead >= 0, got decoys={decoys}, lead={lead}")
     if span < 1 or gap < 0 or seq_len < 2 * span + 1:
         raise ConfigError(f"{where} needs span >= 1, gap >= 0 and seq_len >= 2 * span + 1 (a span and its repeat in "
                           f"a row), got span={span}, gap={gap}, seq_len={seq_len}")  # fmt: skip
 
 
 def copy_rows_dataset(tokenizer: Any, num_rows: int, seq_len: int, span: int, gap: int, seed: int,
-                      decoys: int = 0) -> CopyRowsDataset:  # fmt: skip
+                      decoys: int = 0, lead: int = 0) -> CopyRowsDataset:  # fmt: skip
     """Copy rows in ``tokenizer``'s vocabulary: spans of its ordinary ids (never a special token), EOD between."""
     ids = (len(tokenizer_lib.SPECIAL_TOKENS), tokenizer.get_vocab_size())
-    return CopyRowsDataset(num_rows, seq_len, span, gap, ids, tokenizer_lib.eod_id(tokenizer), seed, decoys)
+    return CopyRowsDataset(num_rows, seq_len, span, gap, ids, tokenizer_lib.eod_id(tokenizer), seed, decoys, lead)
 
 
 class CopyRowsDataset(Dataset):
-    """``num_rows`` rows of ``seq_len + 1`` tokens, each packed with ``[s, g, s, EOD]`` documents.
+    """``num_rows`` rows of ``seq_len + 1`` tokens, each packed with ``[l, s, g, s, EOD]`` documents (``l`` empty
+    without a ``lead``).
 
     With ``decoys``, up to that many pieces of each span are planted in its gap, each one or two of its tokens
     followed by a random id: a head that finds "the last time this token came" lands on a decoy nearer than the span
     and predicts the wrong id, so only a match on the two or three tokens before the one to predict copies right.
+    In the gap alone every decoy is nearer than the span, so "the farthest match" is a second way to copy right, and
+    a model that takes it misses a near needle behind a far one-token match (the passkey at stage 1's length, README,
+    "The copy curriculum in the long demo's hour"). With a ``lead`` the decoys are shared between the lead-in and the
+    gap by their lengths, so some lie before the span and only the longer match is right.
     """
 
     def __init__(self, num_rows: int, seq_len: int, span: int, gap: int, ids: tuple[int, int], eod_id: int,
-                 seed: int, decoys: int = 0) -> None:  # fmt: skip
-        self.num_rows, self.seq_len, self.span, self.gap = num_rows, seq_len, span, gap
+                 seed: int, decoys: int = 0, lead: int = 0) -> None:  # fmt: skip
+        self.num_rows, self.seq_len, self.span, self.gap, self.lead = num_rows, seq_len, span, gap, lead
         self.ids, self.eod_id, self.seed, self.decoys = ids, eod_id, seed, decoys
 
     def __len__(self) -> int:
@@ -81,27 +88,36 @@ class CopyRowsDataset(Dataset):
         low, high = self.ids
         documents, masks, length = [], [], 0
         while length < self.seq_len + 1:
+            lead = self._random_ids(self.lead, generator) if self.lead else torch.zeros(0, dtype=torch.long)
             span = torch.randint(low, high, (self.span,), generator=generator)
-            gap = torch.randint(low, high, (int(torch.randint(0, self.gap + 1, (1,), generator=generator)),),
-                                generator=generator)  # fmt: skip
+            gap = self._random_ids(self.gap, generator)
             if self.decoys:
-                self._plant_decoys(span, gap, generator)
-            documents.append(torch.cat([span, gap, span, torch.tensor([self.eod_id])]))
+                in_lead = round(self.decoys * len(lead) / max(1, len(lead) + len(gap)))
+                self._plant_decoys(span, lead, in_lead, generator)
+                self._plant_decoys(span, gap, self.decoys - in_lead, generator)
+            documents.append(torch.cat([lead, span, gap, span, torch.tensor([self.eod_id])]))
             mask = torch.zeros(len(documents[-1]), dtype=torch.bool)
-            mask[len(span) + len(gap) + 1 : -1] = True
+            mask[len(lead) + len(span) + len(gap) + 1 : -1] = True
             masks.append(mask)
             length += len(documents[-1])
         return torch.cat(documents)[: self.seq_len + 1], torch.cat(masks)[: self.seq_len + 1]
 
-    def _plant_decoys(self, span: Tensor, gap: Tensor, generator: torch.Generator) -> None:
-        """Write pieces ``span[i - m + 1 : i + 1]`` (``m`` 1 or 2), each then a random id, into ``gap``.
+    def _random_ids(self, most: int, generator: torch.Generator) -> Tensor:
+        """``0..most`` random ordinary ids (the count drawn uniformly)."""
+        count = int(torch.randint(0, most + 1, (1,), generator=generator))
+        return torch.randint(self.ids[0], self.ids[1], (count,), generator=generator)
+
+    def _plant_decoys(self, span: Tensor, gap: Tensor, decoys: int, generator: torch.Generator) -> None:
+        """Write ``decoys`` pieces ``span[i - m + 1 : i + 1]`` (``m`` 1 or 2), each then a random id, into ``gap``.
 
         The gap is cut into ``decoys`` equal slots and each piece goes in its own, so pieces never overlap (two
         could otherwise join into a longer right run); a slot too short for its piece gets none. The id after a piece
         is what a one- or two-token match would copy: never ``span[i + 1]``, the right one.
         """
-        slot = len(gap) // self.decoys
-        for first in range(0, slot * self.decoys, max(slot, 1)):
+        if decoys < 1:
+            return
+        slot = len(gap) // decoys
+        for first in range(0, slot * decoys, max(slot, 1)):
             piece = int(torch.randint(1, 3, (1,), generator=generator))
             if slot < piece + 1 or len(span) < piece + 1:
                 continue

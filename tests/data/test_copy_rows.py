@@ -58,6 +58,36 @@ def test_decoys_put_pieces_of_the_span_in_its_gap_each_followed_by_a_wrong_id() 
     assert not torch.equal(plain[0], dataset[0])
 
 
+def test_a_lead_puts_random_ids_and_decoys_before_the_span() -> None:
+    """With ``lead``, each document opens with 0..lead random ids, so the span starts at varying places, and the
+    decoys are shared between the lead-in and the gap: some lie farther back than the span, so the farthest one- or
+    two-token match is not always the right one. The repeat's tokens after its first stay the predictable ones."""
+    dataset = CopyRowsDataset(num_rows=30, seq_len=512, span=16, gap=48, ids=(5, 4000), eod_id=0, seed=1, decoys=4,
+                              lead=48)  # fmt: skip
+    starts, before, after = set(), 0, 0
+    for index in range(len(dataset)):
+        row, predictable = dataset.row(index)
+        cursor = 0
+        for document in _documents(row, eod=0):
+            span = document[-16:]
+            start = next(k for k in range(len(document) - 16) if document[k : k + 16] == span)
+            starts.add(start)
+            assert start <= 48 and len(document) - 32 - start <= 48
+            mask = predictable[cursor : cursor + len(document)].tolist()
+            assert mask == [False] * (len(document) - 15) + [True] * 15  # the repeat after its first token
+            follows = dict(zip(span, span[1:]))
+            wrong = [k for k in range(len(document) - 17) if document[k] in follows
+                     and document[k + 1] != follows[document[k]] and not start <= k < start + 16]  # fmt: skip
+            before += sum(k < start for k in wrong)
+            after += sum(k > start for k in wrong)
+            cursor += len(document) + 1
+    assert len(starts) > 20 and min(starts) <= 2  # the span starts at varying places, now and then the first
+    assert before > 20 and after > 20  # decoys on both sides of the span
+    plain = CopyRowsDataset(num_rows=1, seq_len=512, span=16, gap=48, ids=(5, 4000), eod_id=0, seed=1, decoys=4)
+    assert torch.equal(plain[0], CopyRowsDataset(num_rows=1, seq_len=512, span=16, gap=48, ids=(5, 4000), eod_id=0,
+                                                 seed=1, decoys=4, lead=0)[0])  # fmt: skip
+
+
 def test_datamodule_batches_with_the_corpus_tokenizer(demo_sotu: Path) -> None:
     dm = CopyRowsDataModule(tokenizer_from="demo:sotu", seq_len=128, batch_size=4, span=16, gap=8, val_rows=6)
     dm.prepare_data()
@@ -106,6 +136,10 @@ def test_a_mixture_source_of_copy_rows(demo_sotu: Path) -> None:
     assert len(decoyed) == 1025 and decoyed != rows[0]
     with pytest.raises(ConfigError, match="source 'copies' \\(copy_rows\\) needs decoys >= 0"):
         source("train", decoys=-2)
+    with pytest.raises(ConfigError, match="needs decoys >= 0 and lead >= 0, got decoys=0, lead=-1"):
+        source("train", lead=-1)
+    led = source("train", text_len=1025, span=24, gap=900, decoys=8, lead=64).sample(0)
+    assert len(led.token_ids) == 1025 and led.token_ids != decoyed
     assert train.sample(0).loss_mask is None  # loss on every token by default
     masked = source("train", text_len=1025, span=24, gap=900, loss="repeat").sample(0)
     assert masked.token_ids == rows[0] and len(masked.loss_mask) == 1025
