@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--short-share", type=float, default=0.0, help="share of steps with rows a quarter as long")
     parser.add_argument("--facts", default="1,3", help="fewest,most facts of a recall document")
     parser.add_argument("--passages", default="1,7", help="fewest,most address sentences between two statements")
+    parser.add_argument("--mentions", default="0,0", help="fewest,most sentences using a key's cue word without a key")
     parser.add_argument("--rope-base", type=float, default=800_000.0)
     parser.add_argument("--lengths", type=int, nargs="+", default=[256, 1024], help="passkey prompt lengths")
     parser.add_argument("--prompts", type=int, default=30, help="passkey prompts a length")
@@ -131,7 +132,8 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         mix = parse_mix(args.mix)
         recall = RecallConfig(facts=tuple(map(int, args.facts.split(","))),
-                              passage_sentences=tuple(map(int, args.passages.split(","))))  # fmt: skip
+                              passage_sentences=tuple(map(int, args.passages.split(","))),
+                              mentions=tuple(map(int, args.mentions.split(","))))  # fmt: skip
     except ValueError as error:
         parser.error(str(error))
     if args.final_lr is not None and not 0 <= args.final_lr:

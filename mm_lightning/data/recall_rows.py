@@ -30,9 +30,9 @@ from mm_lightning.errors import ConfigError
 
 def check_recall_config(config: RecallConfig, where: str) -> None:
     """A clear ``ConfigError`` (naming ``where``) for fact, passage or digit ranges no document can have."""
-    for name in ("facts", "passage_sentences", "digits"):
+    for name in ("facts", "passage_sentences", "digits", "mentions"):
         low, high = getattr(config, name)
-        least = 0 if name == "passage_sentences" else 1
+        least = 0 if name in ("passage_sentences", "mentions") else 1
         if not least <= low <= high:
             raise ConfigError(f"{where}: {name} must be [fewest, most] with {least} <= fewest <= most, "
                               f"got {[low, high]}")  # fmt: skip

@@ -11,7 +11,12 @@ fact again in the same words, in another order::
     <passage> As written above, the brass lamp was logged under number 907. <passage> ...
 
 The numbers are random, so a model predicts a repeated one only by matching the phrase before it with its first
-occurrence and copying what followed: nothing in the rest of the corpus rewards that as directly. The wording is
+occurrence and copying what followed: nothing in the rest of the corpus rewards that as directly. With
+``mentions``, a document also uses the word before a key elsewhere, followed by other words ("The top shelf holds
+nothing but dust."), before the facts, between them or near a recall: as in web text, the last word alone then
+points at the wrong place as often as the right one, and only the longer match finds the number. (The passkey's
+question ends on a word its intro used once before, followed by another word; without them the last word of a
+recall here always leads to a fact.) The wording is
 this project's own and shares no sentence with the passkey evaluation's template (``tests/eval/test_passkey.py``
 checks every demo corpus), so the evaluation still measures a skill rather than a memorised prompt.
 """
@@ -39,6 +44,18 @@ STATEMENTS = (
     "The {item} left with ticket {key}.",
 )
 RECALLS = ("As written above, ", "To repeat, ", "For the record, ", "Again, ", "Note that ")
+MENTIONS = {  # the word before each statement's key, used elsewhere in a sentence of its own, followed by other words
+    "number": ("Nobody kept count of the number of visitors.", "A number of boxes arrived late.",
+               "The number on the door was painted over.", "That number rose every year."),
+    "shelf": ("The top shelf holds nothing but dust.", "One shelf gave way last winter.",
+              "Every shelf was dusted on Friday.", "A new shelf went up by the window."),
+    "marked": ("Some boxes were marked fragile.", "The path is marked with white stones.",
+               "Each crate is marked in red ink.", "The floor was marked by old boots."),
+    "reads": ("The sign by the gate reads closed.", "The clerk reads every label twice.",
+              "The old ledger reads like a diary.", "The note on the wall reads thank you."),
+    "ticket": ("A ticket office opened by the stairs.", "Keep each ticket stub in the drawer.",
+               "The ticket price went up in spring.", "His ticket was lost in the rain."),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -51,6 +68,8 @@ class RecallConfig:
     """Fewest and most address sentences in each passage between two statements."""
     digits: tuple[int, int] = (3, 5)
     """Fewest and most digits of a number."""
+    mentions: tuple[int, int] = (0, 0)
+    """Fewest and most sentences that use the word before one of the document's keys without a key after it."""
 
 
 def address_sentences(addresses: Sequence[str]) -> list[list[str]]:
@@ -87,6 +106,10 @@ def recall_document(rng: random.Random, sentences: list[list[str]], config: Reca
         recall = rng.choice(RECALLS) + facts[index][0].lower() + facts[index][1:]
         parts += [passage(), recall]
     parts.append(passage())
+    if config.mentions != (0, 0):  # drawn only when asked for, so documents without them stay as they were
+        cues = [fact.rsplit(" ", 2)[-2] for fact in facts]  # "... logged under number 48213." -> "number"
+        for _ in range(rng.randint(*config.mentions)):
+            parts.insert(rng.randint(1, len(parts)), rng.choice(MENTIONS[rng.choice(cues)]))
     return " ".join(part for part in parts if part)
 
 

@@ -50,6 +50,7 @@ def test_rows_hold_recall_documents_whose_numbers_come_back(demo_sotu: Path) -> 
         ({"passages": [3, 1]}, "passage_sentences must be \\[fewest, most\\]"),
         ({"facts": [2, 31]}, "facts may be at most 30"),
         ({"digits": 4}, "digits must be a pair of integers \\[fewest, most\\], got 4"),
+        ({"mentions": [-1, 2]}, "mentions must be \\[fewest, most\\] with 0 <= fewest <= most"),
         ({"text_len": 1}, "text_len must be at least 2"),
         ({"gap": 3}, "unknown option"),
     ],

@@ -5,7 +5,7 @@ import random
 import re
 
 from mm_lightning.demo.corpora import SOTU, read_corpus
-from mm_lightning.demo.recall import RecallConfig, address_sentences, recall_document
+from mm_lightning.demo.recall import MENTIONS, RecallConfig, address_sentences, recall_document
 from mm_lightning.eval.passkey import template_sentences
 
 SENTENCES = address_sentences([record["text"] for record in read_corpus(SOTU)][:20])
@@ -30,6 +30,23 @@ def test_every_number_is_stated_then_repeated_after_the_same_words() -> None:
         assert "  " not in document and document == document.strip()
 
 
+def test_mentions_use_a_key_s_cue_word_without_a_key_and_leave_the_facts_alone() -> None:
+    """With ``mentions``, the word before one of the document's keys comes back followed by other words; every fact is
+    still stated then recalled after the same words; without them a document is what it was before the option."""
+    rng = random.Random(5)
+    with_mentions = RecallConfig(facts=(2, 2), passage_sentences=(1, 2), mentions=(2, 3))
+    for _ in range(50):
+        document = recall_document(rng, SENTENCES, with_mentions)
+        keys = list(KEY.finditer(document))
+        cues = {match.group(0).split()[0] for match in keys}
+        uses = [cue for cue, sentences in MENTIONS.items() for sentence in sentences for _ in range(document.count(sentence))]
+        assert len(keys) == 4 and 2 <= len(uses) <= 3 and set(uses) <= cues, document
+    plain = RecallConfig(facts=(2, 2), passage_sentences=(1, 2))
+    assert recall_document(random.Random(9), SENTENCES, plain) == recall_document(
+        random.Random(9), SENTENCES, RecallConfig(facts=(2, 2), passage_sentences=(1, 2), mentions=(0, 0)))
+    assert [m for m in MENTIONS.values() for sentence in m if KEY.search(sentence)] == []
+
+
 def test_documents_are_seeded_and_vary() -> None:
     docs = [recall_document(random.Random(seed), SENTENCES) for seed in (1, 1, 2)]
     assert docs[0] == docs[1] and docs[0] != docs[2]
@@ -38,5 +55,5 @@ def test_documents_are_seeded_and_vary() -> None:
 def test_no_recall_document_shares_the_passkey_template() -> None:
     sentences = [sentence.lower() for sentence in template_sentences()]
     rng = random.Random(3)
-    texts = [recall_document(rng, SENTENCES).lower() for _ in range(300)]
+    texts = [recall_document(rng, SENTENCES, RecallConfig(mentions=(0, 3))).lower() for _ in range(300)]
     assert not [s for s in sentences for text in texts if s in text]

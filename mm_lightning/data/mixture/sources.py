@@ -248,9 +248,9 @@ def build_recall_rows_source(spec: SourceSpec, context: SourceContext) -> Recall
     """``path``: the text corpus whose tokenizer writes the rows. Options: ``text_len`` (tokens per row, default
     ``seq_len + 1``), ``facts`` (``[fewest, most]`` a document states, default ``[1, 3]``), ``passages`` (``[fewest,
     most]`` address sentences between two statements, default ``[1, 4]``: how far back a look-up reaches), ``digits``
-    (default ``[3, 5]``), ``rows`` (training rows, default 65,536; ``val`` has 64 of another seed),
-    ``tokenizer_path``."""
-    _check_options(spec, ("text_len", "facts", "passages", "digits", "rows", "tokenizer_path"))
+    (default ``[3, 5]``), ``mentions`` (``[fewest, most]`` sentences that use the word before a key without one,
+    default ``[0, 0]``), ``rows`` (training rows, default 65,536; ``val`` has 64 of another seed), ``tokenizer_path``."""
+    _check_options(spec, ("text_len", "facts", "passages", "digits", "mentions", "rows", "tokenizer_path"))
     where = f"source {spec.name!r} (recall_rows)"
 
     def pair(key: str, default: tuple[int, int]) -> tuple[int, int]:
@@ -261,7 +261,7 @@ def build_recall_rows_source(spec: SourceSpec, context: SourceContext) -> Recall
 
     defaults = RecallConfig()
     config = RecallConfig(pair("facts", defaults.facts), pair("passages", defaults.passage_sentences),
-                          pair("digits", defaults.digits))  # fmt: skip
+                          pair("digits", defaults.digits), pair("mentions", defaults.mentions))  # fmt: skip
     check_recall_config(config, where)
     text_len = int(spec.options.get("text_len", context.seq_len + 1))
     if text_len < 2:
