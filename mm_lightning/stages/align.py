@@ -40,6 +40,8 @@ class AlignStage(VisionLanguageStage):
         compile: ``torch.compile`` each block.
         loss_chunk_size: tokens per chunk of the output layer's loss (its logits never exist whole); 0 or null:
             the whole batch's logits at once.
+        freeze_vit: freeze the ViT too, so that only the projector learns: a step costs a fifth less (no backward
+            through the ViT) and the ViT keeps what stage 2a taught it exactly.
     """
 
     def __init__(
@@ -53,11 +55,13 @@ class AlignStage(VisionLanguageStage):
         activation_checkpointing: bool = False,
         compile: bool = False,
         loss_chunk_size: int | None = DEFAULT_CHUNK_SIZE,
+        freeze_vit: bool = False,
     ) -> None:
         super().__init__(optimizer, schedule, 0, activation_checkpointing, compile)
         self.save_hyperparameters()
         self.llm = self.inherit_backbone(llm_checkpoint, "llm").requires_grad_(False)
-        self.vit = self.inherit_backbone(vit_checkpoint, "vit")
+        self.freeze_vit = freeze_vit
+        self.vit = self.inherit_backbone(vit_checkpoint, "vit").requires_grad_(not freeze_vit)
         self.inherit_image_preprocessing(vit_checkpoint)
         widths = {"vision_dim": self.vit.config.d_model, "llm_dim": self.llm.config.d_model}
         self.projector = build_backbone("projector", projector, **{**widths, **(projector_overrides or {})})
@@ -69,6 +73,8 @@ class AlignStage(VisionLanguageStage):
 
     def on_train_epoch_start(self) -> None:
         self.llm.eval()  # frozen: no dropout or norm statistics to update, and none to drift
+        if self.freeze_vit:
+            self.vit.eval()
 
     def caption_logits(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """The batch's captioning rows (:func:`caption_rows`: one packed sequence per image) and their logits."""
