@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from helpers.colour_task import COCA, COLOURS, VIT, ColourData, ColourPairs, collate
+from helpers.tiny_checkpoints import image_text
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -64,18 +65,11 @@ def test_alignment_trains_vit_and_projector_through_a_frozen_llm(tmp_path):
     assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
 
 
-def test_a_frozen_vit_keeps_its_weights_and_the_projector_learns_alone(tmp_path):
-    pl.seed_everything(0)
+def test_a_frozen_vit_keeps_its_weights_and_the_projector_learns_alone(tiny_checkpoints, tmp_path):
     schedule = LRSchedule(peak_lr=3e-3, warmup_steps=1, total_steps=4)
-    fit(TextPretrainStage(llm="tiny", llm_overrides=LLM, schedule=schedule),
-        SyntheticTextDataModule(vocab_size=32, seq_len=16, batch_size=4, num_rows=32), tmp_path, 1,
-        ).save_checkpoint(tmp_path / "text.ckpt")  # fmt: skip
-    fit(ViTCoCaStage(vit_overrides=VIT, coca_overrides=COCA, schedule=schedule), ColourData(), tmp_path, 1,
-        ).save_checkpoint(tmp_path / "vit.ckpt")  # fmt: skip
-
-    align = AlignStage(str(tmp_path / "text.ckpt"), str(tmp_path / "vit.ckpt"), schedule=schedule, freeze_vit=True)
+    align = AlignStage(str(tiny_checkpoints["text"]), str(tiny_checkpoints["vit"]), schedule=schedule, freeze_vit=True)
     before = {name: p.detach().clone() for name, p in align.named_parameters()}
-    trainer = fit(align, ColourData(), tmp_path, 3)
+    trainer = fit(align, image_text(), tmp_path, 3)
     after = dict(align.named_parameters())
     optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
     for module in (align.llm, align.vit):
