@@ -88,9 +88,15 @@ class CopyRowsDataset(Dataset):
         low, high = self.ids
         documents, masks, length = [], [], 0
         while length < self.seq_len + 1:
-            lead = self._random_ids(self.lead, generator) if self.lead else torch.zeros(0, dtype=torch.long)
-            span = torch.randint(low, high, (self.span,), generator=generator)
-            gap = self._random_ids(self.gap, generator)
+            if self.lead:  # the gap first, then a lead-in that fits before it: the farthest repeats stay in the row
+                gap = self._random_ids(self.gap, generator)
+                room = self.seq_len + 1 - length - 2 * self.span - len(gap) - 1
+                lead = self._random_ids(min(self.lead, max(0, room)), generator)
+                span = torch.randint(low, high, (self.span,), generator=generator)
+            else:
+                lead = torch.zeros(0, dtype=torch.long)
+                span = torch.randint(low, high, (self.span,), generator=generator)
+                gap = self._random_ids(self.gap, generator)
             if self.decoys:
                 in_lead = round(self.decoys * len(lead) / max(1, len(lead) + len(gap)))
                 self._plant_decoys(span, lead, in_lead, generator)
