@@ -10,9 +10,10 @@ gives the text stage a head to keep; the text stage then keeps it with restated 
 
 Each document is ``[s, g, s, <|endoftext|>]``: a span ``s`` of ``span`` ids drawn uniformly from the tokenizer's
 ordinary tokens, ``0..gap`` random ids ``g`` (drawn per document, so the distance to the copy varies and a head
-that only looks a fixed distance back cannot solve it), and ``s`` again; with a ``lead``, ``0..lead`` random ids come
-before the span, ``[l, s, g, s, <|endoftext|>]``, so the span does not always open its document and decoys can lie
-before it as well as after (:class:`CopyRowsDataset`). Documents are packed back to back, the
+that only looks a fixed distance back cannot solve it), and ``s`` again; with a ``lead``, up to ``lead`` random ids
+come before the span, ``[l, s, g, s, <|endoftext|>]``, so the span does not always open its document and decoys can
+lie before it as well as after (:class:`CopyRowsDataset`); the lead-in is drawn after the gap and takes only the
+room the row leaves, so it never cuts the farthest repeats off a row's end. Documents are packed back to back, the
 last one cut at the row's end. Row ``i`` is a pure function of ``(seed, i)``: every rank and a resumed run see the
 same rows. The tokenizer is a text corpus's (``tokenizer_from``), so the checkpoint records the vocabulary the text
 stage after it reads, and the passkey check can run here too.

@@ -88,7 +88,6 @@ def test_a_lead_puts_random_ids_and_decoys_before_the_span() -> None:
                                                  seed=1, decoys=4, lead=0)[0])  # fmt: skip
 
 
-
 def test_a_lead_never_cuts_a_rows_first_repeat() -> None:
     """The gap is drawn before the lead-in, which takes only the room left: a row's first document keeps its whole
     repeat however long its gap, so the farthest copies (a needle ~1,000 tokens back) are trained as often as the
@@ -104,6 +103,7 @@ def test_a_lead_never_cuts_a_rows_first_repeat() -> None:
         assert predictable[len(first) - 31 : len(first)].all()  # the whole repeat (after its first token) is scored
         distances.append(len(first) - 32 - start)
     assert sum(d > 800 for d in distances) >= 0.15 * len(distances)  # uniform gaps: ~0.17 beyond 800
+
 
 def test_datamodule_batches_with_the_corpus_tokenizer(demo_sotu: Path) -> None:
     dm = CopyRowsDataModule(tokenizer_from="demo:sotu", seq_len=128, batch_size=4, span=16, gap=8, val_rows=6)

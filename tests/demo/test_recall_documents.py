@@ -39,11 +39,13 @@ def test_mentions_use_a_key_s_cue_word_without_a_key_and_leave_the_facts_alone()
         document = recall_document(rng, SENTENCES, with_mentions)
         keys = list(KEY.finditer(document))
         cues = {match.group(0).split()[0] for match in keys}
-        uses = [cue for cue, sentences in MENTIONS.items() for sentence in sentences for _ in range(document.count(sentence))]
+        uses = [cue for cue, sentences in MENTIONS.items() for sentence in sentences
+                for _ in range(document.count(sentence))]  # fmt: skip
         assert len(keys) == 4 and 2 <= len(uses) <= 3 and set(uses) <= cues, document
     plain = RecallConfig(facts=(2, 2), passage_sentences=(1, 2))
     assert recall_document(random.Random(9), SENTENCES, plain) == recall_document(
-        random.Random(9), SENTENCES, RecallConfig(facts=(2, 2), passage_sentences=(1, 2), mentions=(0, 0)))
+        random.Random(9), SENTENCES, RecallConfig(facts=(2, 2), passage_sentences=(1, 2), mentions=(0, 0))
+    )
     assert [m for m in MENTIONS.values() for sentence in m if KEY.search(sentence)] == []
 
 

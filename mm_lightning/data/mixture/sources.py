@@ -247,9 +247,10 @@ class RecallRowsSource:
 def build_recall_rows_source(spec: SourceSpec, context: SourceContext) -> RecallRowsSource:
     """``path``: the text corpus whose tokenizer writes the rows. Options: ``text_len`` (tokens per row, default
     ``seq_len + 1``), ``facts`` (``[fewest, most]`` a document states, default ``[1, 3]``), ``passages`` (``[fewest,
-    most]`` address sentences between two statements, default ``[1, 4]``: how far back a look-up reaches), ``digits``
-    (default ``[3, 5]``), ``mentions`` (``[fewest, most]`` sentences that use the word before a key without one,
-    default ``[0, 0]``), ``rows`` (training rows, default 65,536; ``val`` has 64 of another seed), ``tokenizer_path``."""
+    most]`` address sentences between two statements, default ``[1, 4]``: how far back a look-up reaches),
+    ``digits`` (default ``[3, 5]``), ``mentions`` (``[fewest, most]`` sentences that use the word before a key without
+    one, default ``[0, 0]``), ``rows`` (training rows, default 65,536; ``val`` has 64 of another seed),
+    ``tokenizer_path``."""
     _check_options(spec, ("text_len", "facts", "passages", "digits", "mentions", "rows", "tokenizer_path"))
     where = f"source {spec.name!r} (recall_rows)"
 
