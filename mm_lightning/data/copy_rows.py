@@ -39,20 +39,26 @@ TRAIN_ROWS, VAL_ROWS = 1 << 16, 64
 """Default training and validation rows."""
 
 
-def check_copy_rows(span: int, gap: int, seq_len: int, where: str, decoys: int = 0, lead: int = 0) -> None:
+def check_copy_rows(span: int, gap: int, seq_len: int, where: str, decoys: int = 0, lead: int = 0,
+                    min_gap: int = 0) -> None:  # fmt: skip
     """A clear ``ConfigError`` (naming ``where``) for copy rows that cannot hold a span and its repeat."""
     if decoys < 0 or lead < 0:
         raise ConfigError(f"{where} needs decoys >= 0 and lead >= 0, got decoys={decoys}, lead={lead}")
     if span < 1 or gap < 0 or seq_len < 2 * span + 1:
         raise ConfigError(f"{where} needs span >= 1, gap >= 0 and seq_len >= 2 * span + 1 (a span and its repeat in "
                           f"a row), got span={span}, gap={gap}, seq_len={seq_len}")  # fmt: skip
+    if not 0 <= min_gap <= gap or seq_len < 2 * span + min_gap + 1:
+        raise ConfigError(f"{where} needs 0 <= min_gap <= gap and seq_len >= 2 * span + min_gap + 1 (a span, the "
+                          f"shortest gap and the repeat in a row), got min_gap={min_gap}, gap={gap}, span={span}, "
+                          f"seq_len={seq_len}")  # fmt: skip
 
 
 def copy_rows_dataset(tokenizer: Any, num_rows: int, seq_len: int, span: int, gap: int, seed: int,
-                      decoys: int = 0, lead: int = 0) -> CopyRowsDataset:  # fmt: skip
+                      decoys: int = 0, lead: int = 0, min_gap: int = 0) -> CopyRowsDataset:  # fmt: skip
     """Copy rows in ``tokenizer``'s vocabulary: spans of its ordinary ids (never a special token), EOD between."""
     ids = (len(tokenizer_lib.SPECIAL_TOKENS), tokenizer.get_vocab_size())
-    return CopyRowsDataset(num_rows, seq_len, span, gap, ids, tokenizer_lib.eod_id(tokenizer), seed, decoys, lead)
+    eod = tokenizer_lib.eod_id(tokenizer)
+    return CopyRowsDataset(num_rows, seq_len, span, gap, ids, eod, seed, decoys, lead, min_gap)
 
 
 class CopyRowsDataset(Dataset):
@@ -66,11 +72,15 @@ class CopyRowsDataset(Dataset):
     a model that takes it misses a near needle behind a far one-token match (the passkey at stage 1's length, README,
     "The copy curriculum in the long demo's hour"). With a ``lead`` the decoys are shared between the lead-in and the
     gap by their lengths, so some lie before the span and only the longer match is right.
+
+    With ``min_gap`` every gap holds at least that many ids, so every repeat lies at least ``span + min_gap`` tokens
+    after its span: long rows can train the far look-ups alone while shorter rows train the near ones.
     """
 
     def __init__(self, num_rows: int, seq_len: int, span: int, gap: int, ids: tuple[int, int], eod_id: int,
-                 seed: int, decoys: int = 0, lead: int = 0) -> None:  # fmt: skip
+                 seed: int, decoys: int = 0, lead: int = 0, min_gap: int = 0) -> None:  # fmt: skip
         self.num_rows, self.seq_len, self.span, self.gap, self.lead = num_rows, seq_len, span, gap, lead
+        self.min_gap = min_gap
         self.ids, self.eod_id, self.seed, self.decoys = ids, eod_id, seed, decoys
 
     def __len__(self) -> int:
@@ -90,14 +100,14 @@ class CopyRowsDataset(Dataset):
         documents, masks, length = [], [], 0
         while length < self.seq_len + 1:
             if self.lead:  # the gap first, then a lead-in that fits before it: the farthest repeats stay in the row
-                gap = self._random_ids(self.gap, generator)
+                gap = self._random_ids(self.gap, generator, self.min_gap)
                 room = self.seq_len + 1 - length - 2 * self.span - len(gap) - 1
                 lead = self._random_ids(min(self.lead, max(0, room)), generator)
                 span = torch.randint(low, high, (self.span,), generator=generator)
             else:
                 lead = torch.zeros(0, dtype=torch.long)
                 span = torch.randint(low, high, (self.span,), generator=generator)
-                gap = self._random_ids(self.gap, generator)
+                gap = self._random_ids(self.gap, generator, self.min_gap)
             if self.decoys:
                 in_lead = round(self.decoys * len(lead) / max(1, len(lead) + len(gap)))
                 self._plant_decoys(span, lead, in_lead, generator)
@@ -109,9 +119,9 @@ class CopyRowsDataset(Dataset):
             length += len(documents[-1])
         return torch.cat(documents)[: self.seq_len + 1], torch.cat(masks)[: self.seq_len + 1]
 
-    def _random_ids(self, most: int, generator: torch.Generator) -> Tensor:
-        """``0..most`` random ordinary ids (the count drawn uniformly)."""
-        count = int(torch.randint(0, most + 1, (1,), generator=generator))
+    def _random_ids(self, most: int, generator: torch.Generator, least: int = 0) -> Tensor:
+        """``least..most`` random ordinary ids (the count drawn uniformly)."""
+        count = int(torch.randint(least, most + 1, (1,), generator=generator))
         return torch.randint(self.ids[0], self.ids[1], (count,), generator=generator)
 
     def _plant_decoys(self, span: Tensor, gap: Tensor, decoys: int, generator: torch.Generator) -> None:

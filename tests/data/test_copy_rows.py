@@ -105,6 +105,23 @@ def test_a_lead_never_cuts_a_rows_first_repeat() -> None:
     assert sum(d > 800 for d in distances) >= 0.15 * len(distances)  # uniform gaps: ~0.17 beyond 800
 
 
+def test_a_min_gap_keeps_every_copy_far_back() -> None:
+    """With ``min_gap`` every whole document's repeat lies at least ``span + min_gap`` tokens after its span (a long
+    row trains far look-ups only); without it the rows are exactly those drawn before the option existed."""
+    far = CopyRowsDataset(num_rows=100, seq_len=1024, span=32, gap=944, ids=(5, 4000), eod_id=0, seed=3, decoys=16,
+                          lead=256, min_gap=600)  # fmt: skip
+    lengths = [len(doc) for index in range(len(far)) for doc in _documents(far[index], eod=0)]
+    assert len(lengths) >= 100 and min(lengths) >= 64 + 600  # lead-in + span + gap + span: the gap is >= 600
+    near = CopyRowsDataset(num_rows=100, seq_len=1024, span=32, gap=944, ids=(5, 4000), eod_id=0, seed=3, decoys=16,
+                           lead=256)  # fmt: skip
+    assert min(len(doc) for index in range(len(near)) for doc in _documents(near[index], eod=0)) < 64 + 600
+    for lead in (0, 256):
+        old = CopyRowsDataset(num_rows=3, seq_len=1024, span=32, gap=944, ids=(5, 4000), eod_id=0, seed=3, lead=lead)
+        zero = CopyRowsDataset(num_rows=3, seq_len=1024, span=32, gap=944, ids=(5, 4000), eod_id=0, seed=3,
+                               lead=lead, min_gap=0)  # fmt: skip
+        assert all(torch.equal(old[i], zero[i]) for i in range(3))
+
+
 def test_datamodule_batches_with_the_corpus_tokenizer(demo_sotu: Path) -> None:
     dm = CopyRowsDataModule(tokenizer_from="demo:sotu", seq_len=128, batch_size=4, span=16, gap=8, val_rows=6)
     dm.prepare_data()
@@ -164,6 +181,12 @@ def test_a_mixture_source_of_copy_rows(demo_sotu: Path) -> None:
     assert sum(masked.loss_mask[: ends[0]]) == 23  # the first document's repeat, after its first token
     with pytest.raises(ConfigError, match="loss must be 'all' or 'repeat', got 'span'"):
         source("train", loss="span")
+    far = source("train", text_len=1025, span=24, gap=900, min_gap=700).sample(0).token_ids
+    assert min(len(doc) for doc in _documents(torch.tensor(far), eod)) >= 48 + 700
+    with pytest.raises(ConfigError, match="needs 0 <= min_gap <= gap .* got min_gap=901, gap=900"):
+        source("train", text_len=1025, span=24, gap=900, min_gap=901)
+    with pytest.raises(ConfigError, match="seq_len >= 2 \\* span \\+ min_gap \\+ 1"):
+        source("train", text_len=257, span=24, gap=900, min_gap=300)
 
 
 def test_the_predictable_tokens_are_each_repeat_after_its_first() -> None:

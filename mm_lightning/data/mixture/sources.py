@@ -211,20 +211,22 @@ def build_copy_rows_source(spec: SourceSpec, context: SourceContext) -> CopyRows
     32; as long as the row for copying across its whole length), ``decoys`` (pieces of the span planted in its gap,
     default 0: :class:`~mm_lightning.data.copy_rows.CopyRowsDataset`), ``lead`` (most random ids before each span,
     default 0; the decoys then lie before the span too, so the farthest match is not always the right one),
+    ``min_gap`` (fewest random ids between a span and its repeat, default 0: a long row's copies all reach far back),
     ``rows`` (training rows, default 65,536; ``val`` has 64 of another seed), ``loss`` (``all``, the default: every
     token; ``repeat``: only the repeats' tokens a copy can predict, so the random ids do not teach the model a flat
     guess), ``tokenizer_path``."""
-    _check_options(spec, ("text_len", "span", "gap", "decoys", "lead", "rows", "loss", "tokenizer_path"))
+    _check_options(spec, ("text_len", "span", "gap", "min_gap", "decoys", "lead", "rows", "loss", "tokenizer_path"))
     loss = spec.options.get("loss", "all")
     if loss not in ("all", "repeat"):
         raise ConfigError(f"source {spec.name!r} (copy_rows): loss must be 'all' or 'repeat', got {loss!r}")
-    defaults = {"text_len": context.seq_len + 1, "span": SPAN, "gap": GAP, "decoys": 0, "lead": 0}
-    text_len, span, gap, decoys, lead = (int(spec.options.get(key, default)) for key, default in defaults.items())
-    check_copy_rows(span, gap, text_len - 1, f"source {spec.name!r} (copy_rows)", decoys, lead)
+    defaults = {"text_len": context.seq_len + 1, "span": SPAN, "gap": GAP, "decoys": 0, "lead": 0, "min_gap": 0}
+    text_len, span, gap, decoys, lead, min_gap = (int(spec.options.get(key, default))
+                                                  for key, default in defaults.items())  # fmt: skip
+    check_copy_rows(span, gap, text_len - 1, f"source {spec.name!r} (copy_rows)", decoys, lead, min_gap)
     tokenizer = DataLocation(spec.path, "text", spec.options.get("tokenizer_path"), context.cache_dir).tokenizer()
     rows = int(spec.options.get("rows", TRAIN_ROWS)) if context.split == "train" else VAL_ROWS
     seed = 2 * context.seed + (context.split == "val")
-    dataset = copy_rows_dataset(tokenizer, rows, text_len - 1, span, gap, seed, decoys, lead)
+    dataset = copy_rows_dataset(tokenizer, rows, text_len - 1, span, gap, seed, decoys, lead, min_gap)
     return CopyRowsSource(spec.name, dataset, tokenizer, repeat_loss_only=loss == "repeat")
 
 
