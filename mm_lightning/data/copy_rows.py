@@ -37,13 +37,19 @@ SPAN, GAP = 32, 32
 """Default tokens of a span, and most random tokens between it and its repeat."""
 TRAIN_ROWS, VAL_ROWS = 1 << 16, 64
 """Default training and validation rows."""
+NEAR_SLOT = 4
+"""Gap ids each near decoy takes: a random id, two of the span's, and a wrong one."""
 
 
 def check_copy_rows(span: int, gap: int, seq_len: int, where: str, decoys: int = 0, lead: int = 0,
-                    min_gap: int = 0) -> None:  # fmt: skip
+                    min_gap: int = 0, near_decoys: int = 0) -> None:  # fmt: skip
     """A clear ``ConfigError`` (naming ``where``) for copy rows that cannot hold a span and its repeat."""
     if decoys < 0 or lead < 0:
         raise ConfigError(f"{where} needs decoys >= 0 and lead >= 0, got decoys={decoys}, lead={lead}")
+    if near_decoys < 0 or (near_decoys and span < 4):
+        raise ConfigError(f"{where} needs near_decoys >= 0, and a span of at least 4 for any (a two-token "
+                          f"piece of the span's third or later token), got near_decoys={near_decoys}, "
+                          f"span={span}")  # fmt: skip
     if span < 1 or gap < 0 or seq_len < 2 * span + 1:
         raise ConfigError(f"{where} needs span >= 1, gap >= 0 and seq_len >= 2 * span + 1 (a span and its repeat in "
                           f"a row), got span={span}, gap={gap}, seq_len={seq_len}")  # fmt: skip
@@ -53,12 +59,12 @@ def check_copy_rows(span: int, gap: int, seq_len: int, where: str, decoys: int =
                           f"seq_len={seq_len}")  # fmt: skip
 
 
-def copy_rows_dataset(tokenizer: Any, num_rows: int, seq_len: int, span: int, gap: int, seed: int,
-                      decoys: int = 0, lead: int = 0, min_gap: int = 0) -> CopyRowsDataset:  # fmt: skip
+def copy_rows_dataset(tokenizer: Any, num_rows: int, seq_len: int, span: int, gap: int, seed: int, decoys: int = 0,
+                      lead: int = 0, min_gap: int = 0, near_decoys: int = 0) -> CopyRowsDataset:  # fmt: skip
     """Copy rows in ``tokenizer``'s vocabulary: spans of its ordinary ids (never a special token), EOD between."""
     ids = (len(tokenizer_lib.SPECIAL_TOKENS), tokenizer.get_vocab_size())
     eod = tokenizer_lib.eod_id(tokenizer)
-    return CopyRowsDataset(num_rows, seq_len, span, gap, ids, eod, seed, decoys, lead, min_gap)
+    return CopyRowsDataset(num_rows, seq_len, span, gap, ids, eod, seed, decoys, lead, min_gap, near_decoys)
 
 
 class CopyRowsDataset(Dataset):
@@ -73,14 +79,17 @@ class CopyRowsDataset(Dataset):
     "The copy curriculum in the long demo's hour"). With a ``lead`` the decoys are shared between the lead-in and the
     gap by their lengths, so some lie before the span and only the longer match is right.
 
+    With ``near_decoys``, the gap's last ids hold that many more pieces, two tokens each, just before the repeat
+    (:meth:`_plant_near_decoys`): a near two-token match against the far longer one.
+
     With ``min_gap`` every gap holds at least that many ids, so every repeat lies at least ``span + min_gap`` tokens
     after its span: long rows can train the far look-ups alone while shorter rows train the near ones.
     """
 
-    def __init__(self, num_rows: int, seq_len: int, span: int, gap: int, ids: tuple[int, int], eod_id: int,
-                 seed: int, decoys: int = 0, lead: int = 0, min_gap: int = 0) -> None:  # fmt: skip
+    def __init__(self, num_rows: int, seq_len: int, span: int, gap: int, ids: tuple[int, int], eod_id: int, seed: int,
+                 decoys: int = 0, lead: int = 0, min_gap: int = 0, near_decoys: int = 0) -> None:  # fmt: skip
         self.num_rows, self.seq_len, self.span, self.gap, self.lead = num_rows, seq_len, span, gap, lead
-        self.min_gap = min_gap
+        self.min_gap, self.near_decoys = min_gap, near_decoys
         self.ids, self.eod_id, self.seed, self.decoys = ids, eod_id, seed, decoys
 
     def __len__(self) -> int:
@@ -108,10 +117,14 @@ class CopyRowsDataset(Dataset):
                 lead = torch.zeros(0, dtype=torch.long)
                 span = torch.randint(low, high, (self.span,), generator=generator)
                 gap = self._random_ids(self.gap, generator, self.min_gap)
+            tail = NEAR_SLOT * self.near_decoys if len(gap) >= NEAR_SLOT * self.near_decoys else 0
+            body = gap[: len(gap) - tail]  # a view: the spread decoys go here, the near ones after it
             if self.decoys:
-                in_lead = round(self.decoys * len(lead) / max(1, len(lead) + len(gap)))
+                in_lead = round(self.decoys * len(lead) / max(1, len(lead) + len(body)))
                 self._plant_decoys(span, lead, in_lead, generator)
-                self._plant_decoys(span, gap, self.decoys - in_lead, generator)
+                self._plant_decoys(span, body, self.decoys - in_lead, generator)
+            if tail:
+                self._plant_near_decoys(span, gap[len(gap) - tail :], generator)
             documents.append(torch.cat([lead, span, gap, span, torch.tensor([self.eod_id])]))
             mask = torch.zeros(len(documents[-1]), dtype=torch.bool)
             mask[len(lead) + len(span) + len(gap) + 1 : -1] = True
@@ -123,6 +136,20 @@ class CopyRowsDataset(Dataset):
         """``least..most`` random ordinary ids (the count drawn uniformly)."""
         count = int(torch.randint(least, most + 1, (1,), generator=generator))
         return torch.randint(self.ids[0], self.ids[1], (count,), generator=generator)
+
+    def _plant_near_decoys(self, span: Tensor, tail: Tensor, generator: torch.Generator) -> None:
+        """Fill ``tail`` (the gap's last ``NEAR_SLOT * near_decoys`` ids) with two-token pieces of the span.
+
+        Each slot is ``[r, span[k - 1], span[k], wrong]`` (``r`` the random id already there, ``2 <= k <= span - 2``),
+        a few tokens before the repeat reaches ``span[k]``: the two-token match is near and copies the wrong id, the
+        right one is three or more tokens long and ``span + gap`` back, as a passkey question that names the needle's
+        last word just before asking (README, "Near decoys in stage 5's copy rows").
+        """
+        for first in range(0, len(tail), NEAR_SLOT):
+            end = int(torch.randint(2, len(span) - 1, (1,), generator=generator))
+            wrong = int(torch.randint(self.ids[0], self.ids[1] - 1, (1,), generator=generator))
+            wrong += int(wrong >= span[end + 1])
+            tail[first + 1 : first + NEAR_SLOT] = torch.cat([span[end - 1 : end + 1], torch.tensor([wrong])])
 
     def _plant_decoys(self, span: Tensor, gap: Tensor, decoys: int, generator: torch.Generator) -> None:
         """Write ``decoys`` pieces ``span[i - m + 1 : i + 1]`` (``m`` 1 or 2), each then a random id, into ``gap``.

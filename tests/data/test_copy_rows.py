@@ -122,6 +122,33 @@ def test_a_min_gap_keeps_every_copy_far_back() -> None:
         assert all(torch.equal(old[i], zero[i]) for i in range(3))
 
 
+def test_near_decoys_are_two_token_pieces_just_before_the_repeat() -> None:
+    """``near_decoys=n``: the gap's last ``4 n`` ids are ``n`` slots ``[r, span[k - 1], span[k], wrong]`` with
+    ``k >= 2``, so the nearest match before the repeat's ``span[k]`` is two tokens long and copies a wrong id; the
+    spread decoys stay out of that tail, and ``near_decoys=0`` draws the rows it drew before."""
+    dataset = CopyRowsDataset(num_rows=40, seq_len=1024, span=32, gap=944, ids=(5, 4000), eod_id=0, seed=3, decoys=16,
+                              lead=256, near_decoys=4)  # fmt: skip
+    checked = 0
+    for index in range(len(dataset)):
+        for doc in _documents(dataset[index], eod=0):
+            span, gap_end = doc[-32:], doc[-32 - 16 : -32]
+            start = next(k for k in range(len(doc) - 32) if doc[k : k + 32] == span)
+            if len(doc) - 64 - start < 16:  # a gap too short for the four slots gets none
+                continue
+            for slot in range(4):
+                first, second, wrong = gap_end[4 * slot + 1 : 4 * slot + 4]
+                k = next(k for k in range(2, 31) if span[k - 1 : k + 1] == [first, second])
+                assert wrong != span[k + 1]
+                checked += 1
+    assert checked >= 4 * 40
+    plain = CopyRowsDataset(num_rows=3, seq_len=1024, span=32, gap=944, ids=(5, 4000), eod_id=0, seed=3, decoys=16,
+                            lead=256)  # fmt: skip
+    zero = CopyRowsDataset(num_rows=3, seq_len=1024, span=32, gap=944, ids=(5, 4000), eod_id=0, seed=3, decoys=16,
+                           lead=256, near_decoys=0)  # fmt: skip
+    assert all(torch.equal(plain[i], zero[i]) for i in range(3))
+    assert not torch.equal(plain[0], dataset[0])
+
+
 def test_datamodule_batches_with_the_corpus_tokenizer(demo_sotu: Path) -> None:
     dm = CopyRowsDataModule(tokenizer_from="demo:sotu", seq_len=128, batch_size=4, span=16, gap=8, val_rows=6)
     dm.prepare_data()
@@ -187,6 +214,12 @@ def test_a_mixture_source_of_copy_rows(demo_sotu: Path) -> None:
         source("train", text_len=1025, span=24, gap=900, min_gap=901)
     with pytest.raises(ConfigError, match="seq_len >= 2 \\* span \\+ min_gap \\+ 1"):
         source("train", text_len=257, span=24, gap=900, min_gap=300)
+    near = source("train", text_len=1025, span=24, gap=900, near_decoys=2).sample(0).token_ids
+    assert len(near) == 1025 and near != rows[0]
+    with pytest.raises(ConfigError, match="needs near_decoys >= 0, .* got near_decoys=-1, span=32"):
+        source("train", near_decoys=-1)
+    with pytest.raises(ConfigError, match="got near_decoys=1, span=3"):
+        source("train", span=3, near_decoys=1)
 
 
 def test_the_predictable_tokens_are_each_repeat_after_its_first() -> None:

@@ -212,21 +212,24 @@ def build_copy_rows_source(spec: SourceSpec, context: SourceContext) -> CopyRows
     default 0: :class:`~mm_lightning.data.copy_rows.CopyRowsDataset`), ``lead`` (most random ids before each span,
     default 0; the decoys then lie before the span too, so the farthest match is not always the right one),
     ``min_gap`` (fewest random ids between a span and its repeat, default 0: a long row's copies all reach far back),
+    ``near_decoys`` (two-token pieces of the span at the gap's end, just before the repeat, default 0),
     ``rows`` (training rows, default 65,536; ``val`` has 64 of another seed), ``loss`` (``all``, the default: every
     token; ``repeat``: only the repeats' tokens a copy can predict, so the random ids do not teach the model a flat
     guess), ``tokenizer_path``."""
-    _check_options(spec, ("text_len", "span", "gap", "min_gap", "decoys", "lead", "rows", "loss", "tokenizer_path"))
+    options = ("text_len", "span", "gap", "min_gap", "decoys", "near_decoys", "lead", "rows", "loss", "tokenizer_path")
+    _check_options(spec, options)
     loss = spec.options.get("loss", "all")
     if loss not in ("all", "repeat"):
         raise ConfigError(f"source {spec.name!r} (copy_rows): loss must be 'all' or 'repeat', got {loss!r}")
-    defaults = {"text_len": context.seq_len + 1, "span": SPAN, "gap": GAP, "decoys": 0, "lead": 0, "min_gap": 0}
-    text_len, span, gap, decoys, lead, min_gap = (int(spec.options.get(key, default))
-                                                  for key, default in defaults.items())  # fmt: skip
-    check_copy_rows(span, gap, text_len - 1, f"source {spec.name!r} (copy_rows)", decoys, lead, min_gap)
+    defaults = {"text_len": context.seq_len + 1, "span": SPAN, "gap": GAP, "decoys": 0, "lead": 0, "min_gap": 0,
+                "near_decoys": 0}  # fmt: skip
+    text_len, span, gap, decoys, lead, min_gap, near = (int(spec.options.get(key, default))
+                                                        for key, default in defaults.items())  # fmt: skip
+    check_copy_rows(span, gap, text_len - 1, f"source {spec.name!r} (copy_rows)", decoys, lead, min_gap, near)
     tokenizer = DataLocation(spec.path, "text", spec.options.get("tokenizer_path"), context.cache_dir).tokenizer()
     rows = int(spec.options.get("rows", TRAIN_ROWS)) if context.split == "train" else VAL_ROWS
     seed = 2 * context.seed + (context.split == "val")
-    dataset = copy_rows_dataset(tokenizer, rows, text_len - 1, span, gap, seed, decoys, lead, min_gap)
+    dataset = copy_rows_dataset(tokenizer, rows, text_len - 1, span, gap, seed, decoys, lead, min_gap, near)
     return CopyRowsSource(spec.name, dataset, tokenizer, repeat_loss_only=loss == "repeat")
 
 
