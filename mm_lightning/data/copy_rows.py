@@ -117,7 +117,8 @@ class CopyRowsDataset(Dataset):
                 lead = torch.zeros(0, dtype=torch.long)
                 span = torch.randint(low, high, (self.span,), generator=generator)
                 gap = self._random_ids(self.gap, generator, self.min_gap)
-            tail = NEAR_SLOT * self.near_decoys if len(gap) >= NEAR_SLOT * self.near_decoys else 0
+            tail = NEAR_SLOT * self.near_decoys
+            tail *= len(gap) >= tail  # a gap too short for every slot gets no near decoys
             body = gap[: len(gap) - tail]  # a view: the spread decoys go here, the near ones after it
             if self.decoys:
                 in_lead = round(self.decoys * len(lead) / max(1, len(lead) + len(body)))
@@ -147,9 +148,13 @@ class CopyRowsDataset(Dataset):
         """
         for first in range(0, len(tail), NEAR_SLOT):
             end = int(torch.randint(2, len(span) - 1, (1,), generator=generator))
-            wrong = int(torch.randint(self.ids[0], self.ids[1] - 1, (1,), generator=generator))
-            wrong += int(wrong >= span[end + 1])
+            wrong = self._wrong_after(span, end, generator)
             tail[first + 1 : first + NEAR_SLOT] = torch.cat([span[end - 1 : end + 1], torch.tensor([wrong])])
+
+    def _wrong_after(self, span: Tensor, end: int, generator: torch.Generator) -> int:
+        """A random ordinary id that is not ``span[end + 1]``: what a decoy piece ending at ``span[end]`` copies."""
+        wrong = int(torch.randint(self.ids[0], self.ids[1] - 1, (1,), generator=generator))
+        return wrong + int(wrong >= span[end + 1])
 
     def _plant_decoys(self, span: Tensor, gap: Tensor, decoys: int, generator: torch.Generator) -> None:
         """Write ``decoys`` pieces ``span[i - m + 1 : i + 1]`` (``m`` 1 or 2), each then a random id, into ``gap``.
@@ -167,8 +172,7 @@ class CopyRowsDataset(Dataset):
                 continue
             end = int(torch.randint(piece - 1, len(span) - 1, (1,), generator=generator))  # the piece's last index
             at = first + int(torch.randint(0, slot - piece, (1,), generator=generator))
-            wrong = int(torch.randint(self.ids[0], self.ids[1] - 1, (1,), generator=generator))
-            wrong += int(wrong >= span[end + 1])  # any id but the one the span goes on with
+            wrong = self._wrong_after(span, end, generator)
             gap[at : at + piece + 1] = torch.cat([span[end - piece + 1 : end + 1], torch.tensor([wrong])])
 
 

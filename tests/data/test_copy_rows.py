@@ -124,8 +124,8 @@ def test_a_min_gap_keeps_every_copy_far_back() -> None:
 
 def test_near_decoys_are_two_token_pieces_just_before_the_repeat() -> None:
     """``near_decoys=n``: the gap's last ``4 n`` ids are ``n`` slots ``[r, span[k - 1], span[k], wrong]`` with
-    ``k >= 2``, so the nearest match before the repeat's ``span[k]`` is two tokens long and copies a wrong id; the
-    spread decoys stay out of that tail, and ``near_decoys=0`` draws the rows it drew before."""
+    ``k >= 2``, so the nearest match before the repeat's ``span[k]`` is two tokens long and copies a wrong id; and
+    ``near_decoys=0`` draws the rows it drew before."""
     dataset = CopyRowsDataset(num_rows=40, seq_len=1024, span=32, gap=944, ids=(5, 4000), eod_id=0, seed=3, decoys=16,
                               lead=256, near_decoys=4)  # fmt: skip
     checked = 0
