@@ -89,6 +89,11 @@ def llama_config(llm: LLM, dtype: str, **fields: Any) -> dict[str, Any]:
         fields: further entries (token ids, ``max_position_embeddings``) that override the defaults.
     """
     cfg = llm.config
+    rope = {"rope_type": "default", "rope_theta": llm.rope_base}
+    yarn = llm.rope_yarn
+    if yarn is not None:  # transformers computes YaRN's ramp and temperature as ``ops/rope.py`` does (tested)
+        rope = {"rope_type": "yarn", "rope_theta": llm.rope_base, "factor": yarn.factor,
+                "original_max_position_embeddings": yarn.original_len}  # fmt: skip
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -103,8 +108,8 @@ def llama_config(llm: LLM, dtype: str, **fields: Any) -> dict[str, Any]:
         "max_position_embeddings": 2048,
         "rms_norm_eps": cfg.norm_eps,
         "rope_theta": llm.rope_base,  # transformers < 5 and most other readers
-        "rope_scaling": None,
-        "rope_parameters": {"rope_type": "default", "rope_theta": llm.rope_base},  # transformers >= 5
+        "rope_scaling": None if yarn is None else {k: v for k, v in rope.items() if k != "rope_theta"},
+        "rope_parameters": rope,  # transformers >= 5
         "attention_bias": False,
         "attention_dropout": 0.0,
         "mlp_bias": False,

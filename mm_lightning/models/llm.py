@@ -1,7 +1,8 @@
 """A Llama-style decoder-only language model (Touvron et al. 2023; Llama 3.2 shapes for the 1b preset).
 
 RMSNorm, SwiGLU feed-forward, grouped-query attention and rotary positions whose base is run-time
-state (``set_rope_base``), as Kimi-VL's long-context stage switches it 50,000 -> 800,000. The forward
+state (``set_rope_base``), as Kimi-VL's long-context stage switches it 50,000 -> 800,000, as is an optional YaRN
+scaling of its frequencies (``set_rope_yarn``). The forward
 takes ``input_ids`` or ``inputs_embeds`` (the joint stages inject projected image features) and
 packed-sequence ids, so documents packed into one row never attend to each other. For decoding, a
 :class:`KVCache` keeps every layer's keys/values so each step runs only the new tokens (always on SDPA).
@@ -23,7 +24,7 @@ from mm_lightning.models.registry import register_backbone, register_preset
 from mm_lightning.ops.attention import attention, prefix_causal_attention
 from mm_lightning.ops.key_smear import GATE_INIT, smear_keys, smear_queries
 from mm_lightning.ops.packing import position_ids_from_seq_ids
-from mm_lightning.ops.rope import apply_rope, rope_cos_sin
+from mm_lightning.ops.rope import YaRN, apply_rope, rope_cos_sin
 
 HeadLoss = Callable[[Tensor, Tensor], Any]
 """What ``LLM.forward`` may call in place of its output layer: a function of the final hidden states ``[B, T, d]``
@@ -269,7 +270,7 @@ class Block(nn.Module):
 
 @register_backbone("llm", LLMConfig)
 class LLM(nn.Module):
-    """Decoder-only language model. ``rope_base`` is state: it travels in the ``state_dict``."""
+    """Decoder-only language model. ``rope_base`` and ``rope_yarn`` are state: they travel in the ``state_dict``."""
 
     def __init__(self, config: LLMConfig) -> None:
         super().__init__()
@@ -281,6 +282,7 @@ class LLM(nn.Module):
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
         self.rope_base = float(config.rope_base)
+        self.rope_yarn: YaRN | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -304,11 +306,18 @@ class LLM(nn.Module):
             raise ValueError(f"RoPE base must be positive, got {base}")
         self.rope_base = float(base)
 
+    def set_rope_yarn(self, yarn: YaRN | None) -> None:
+        """Scale the RoPE frequencies by YaRN from the next forward on (None: plain RoPE at ``rope_base``)."""
+        self.rope_yarn = yarn
+
     def get_extra_state(self) -> dict[str, Any]:
-        return {"rope_base": self.rope_base}
+        yarn = self.rope_yarn
+        return {"rope_base": self.rope_base} | ({} if yarn is None else {"rope_yarn": [yarn.factor, yarn.original_len]})
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.rope_base = float(state["rope_base"])
+        yarn = state.get("rope_yarn")  # absent in checkpoints from before YaRN, and whenever it is off
+        self.rope_yarn = None if yarn is None else YaRN(float(yarn[0]), int(yarn[1]))
 
     def hidden_states(
         self,
@@ -334,7 +343,7 @@ class LLM(nn.Module):
             offset = kv_cache.length
         if position_ids is None:
             position_ids = _default_positions(x, seq_ids, offset)
-        cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.rope_base, x.dtype)
+        cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.rope_base, x.dtype, self.rope_yarn)
         for layer, block in enumerate(self.blocks):
             x = block(x, cos, sin, seq_ids, kv_cache, layer)
         if kv_cache is not None:

@@ -4,15 +4,67 @@ The cos/sin tables are computed from ``position_ids`` on every call rather than 
 so switching the base (Kimi-VL's long-context stage: 50,000 -> 800,000) or the sequence length needs
 no rebuild, and packed rows (positions restarting per document) cost nothing extra. Image patches use a
 2-D variant (:func:`rope_2d_cos_sin`): half of the frequency pairs follow the patch row, half the column.
+
+A longer context can also be reached by YaRN (Peng et al. 2023, :class:`YaRN`): the frequencies that never turned
+once over the trained length are slowed by the length's factor, those that turned many times keep their speed, and
+the ones between are blended; the tables then carry YaRN's attention temperature.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 
-def rope_cos_sin(position_ids: Tensor, head_dim: int, base: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+@dataclass(frozen=True)
+class YaRN:
+    """YaRN's frequency scaling (Peng et al. 2023, "YaRN: Efficient Context Window Extension of Large Language Models").
+
+    A frequency pair that turns fewer than ``SLOW_TURNS`` times over ``original_len`` positions never saw its whole
+    circle in training: it is slowed by ``factor`` (interpolated), so ``factor`` times longer rows show it only angles
+    it has seen. One that turns more than ``FAST_TURNS`` times keeps its speed (extrapolated): it already saw every
+    angle, and the short-range order it encodes stays sharp. The pairs between are blended linearly in their index, and
+    the attention logits are scaled by ``(0.1 ln(factor) + 1)^2`` (the paper's temperature), through the tables.
+
+    Args:
+        factor: how many times longer the new rows are than ``original_len`` (> 1).
+        original_len: the row length the model trained on before the switch.
+    """
+
+    factor: float
+    original_len: int
+    FAST_TURNS = 32.0
+    SLOW_TURNS = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.factor > 1 or self.original_len < 1:
+            raise ValueError(f"YaRN needs factor > 1 and original_len >= 1, got {self.factor} and {self.original_len}")
+
+    def pair_at_turns(self, turns: float, head_dim: int, base: float) -> float:
+        """The (fractional) pair index whose frequency turns ``turns`` times over ``original_len`` positions."""
+        return head_dim * math.log(self.original_len / (turns * 2 * math.pi)) / (2 * math.log(base))
+
+    def scale(self, inv_freq: Tensor, base: float) -> Tensor:
+        """``inv_freq`` ``[D/2]`` with the slow pairs interpolated and the fast ones kept."""
+        head_dim = 2 * inv_freq.numel()
+        first = max(math.floor(self.pair_at_turns(self.FAST_TURNS, head_dim, base)), 0)
+        last = min(math.ceil(self.pair_at_turns(self.SLOW_TURNS, head_dim, base)), head_dim - 1)
+        pairs = torch.arange(inv_freq.numel(), device=inv_freq.device, dtype=torch.float32)
+        slowed = ((pairs - first) / max(last - first, 1e-3)).clamp(0, 1)  # 0: kept, 1: interpolated
+        return inv_freq * (1 - slowed) + inv_freq / self.factor * slowed
+
+    @property
+    def magnitude(self) -> float:
+        """What the tables are multiplied by: each of q and k grows by it, the logits by its square."""
+        return 0.1 * math.log(self.factor) + 1.0
+
+
+def rope_cos_sin(
+    position_ids: Tensor, head_dim: int, base: float, dtype: torch.dtype, yarn: YaRN | None = None
+) -> tuple[Tensor, Tensor]:
     """Cos/sin tables for the given positions.
 
     Args:
@@ -20,15 +72,19 @@ def rope_cos_sin(position_ids: Tensor, head_dim: int, base: float, dtype: torch.
         head_dim: per-head width (even).
         base: RoPE base (theta).
         dtype: dtype of the returned tables.
+        yarn: YaRN's frequency scaling on top of ``base`` (None: plain RoPE).
 
     Returns:
         ``(cos, sin)``, each ``[B, 1, T, head_dim]``, ready to broadcast over heads.
     """
     exponent = torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.float32) / head_dim
     inv_freq = 1.0 / (base**exponent)  # [D/2]
+    magnitude = 1.0
+    if yarn is not None:
+        inv_freq, magnitude = yarn.scale(inv_freq, base), yarn.magnitude
     angles = position_ids[..., None].float() * inv_freq  # [B, T, D/2]
     angles = torch.cat((angles, angles), dim=-1)[:, None]  # [B, 1, T, D]
-    return angles.cos().to(dtype), angles.sin().to(dtype)
+    return (angles.cos() * magnitude).to(dtype), (angles.sin() * magnitude).to(dtype)
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

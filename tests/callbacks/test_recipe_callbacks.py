@@ -12,7 +12,7 @@ from mm_lightning.callbacks import LRSchedulerResume, ReWarmup, RoPEBaseSwitch
 from mm_lightning.checkpoint import load_checkpoint
 from mm_lightning.data.synthetic import SyntheticTextDataModule
 from mm_lightning.errors import ConfigError
-from mm_lightning.ops.rope import rope_cos_sin
+from mm_lightning.ops.rope import YaRN, rope_cos_sin
 from mm_lightning.schedules import LRSchedule, lr_at_table
 from mm_lightning.stages import TextPretrainStage
 
@@ -97,6 +97,19 @@ def test_rope_switch_survives_loading_and_rebuilds_the_rotary_tables(tmp_path):
     again = TextPretrainStage(llm="tiny", llm_overrides=MICRO)
     again.load_state_dict(module.state_dict())
     assert again.llm.rope_base == 800_000.0
+
+
+def test_rope_switch_with_yarn_sets_both_and_a_half_given_yarn_is_refused(tmp_path):
+    module = TextPretrainStage(llm="tiny", llm_overrides=MICRO)
+    switch = RoPEBaseSwitch(base=50_000.0, yarn_factor=4, original_len=256)
+    switch.on_train_start(pl.Trainer(logger=False), module)
+    assert module.llm.rope_base == 50_000.0 and module.llm.rope_yarn == YaRN(4.0, 256)
+    RoPEBaseSwitch(base=800_000.0).on_train_start(pl.Trainer(logger=False), module)  # a plain switch clears it
+    assert module.llm.rope_yarn is None
+    with pytest.raises(ConfigError, match="give both or neither"):
+        RoPEBaseSwitch(yarn_factor=4)
+    with pytest.raises(ConfigError, match="factor > 1"):
+        RoPEBaseSwitch(yarn_factor=1, original_len=256)
 
 
 def test_a_schedule_without_total_steps_follows_max_steps_and_a_resumed_one_keeps_its_lengths(tmp_path):

@@ -20,6 +20,7 @@ from mm_lightning.interop.files import ConversionError  # noqa: E402
 from mm_lightning.interop.llama import export_llama, import_llama, register_llama_preset  # noqa: E402
 from mm_lightning.models import registry  # noqa: E402
 from mm_lightning.models.registry import get_preset  # noqa: E402
+from mm_lightning.ops.rope import YaRN  # noqa: E402
 from mm_lightning.tokenizer import EOD_ID, PAD_ID, train_bpe_tokenizer  # noqa: E402
 
 MICRO = {"vocab_size": 300, "n_layers": 2, "d_model": 64, "n_heads": 4, "n_kv_heads": 2, "ffn_hidden": 96}
@@ -65,6 +66,26 @@ def test_the_rope_base_matters_so_the_comparison_can_fail(tmp_path):
     llm.set_rope_base(50_000.0)
     with torch.no_grad():
         assert (hf_logits(tmp_path / "hf", ids) - llm(ids)).abs().max() > 1e-2
+
+
+def test_an_llm_with_yarn_exports_it_and_transformers_computes_the_same_logits(tmp_path):
+    torch.manual_seed(0)
+    llm = randomize(build_backbone("llm", "tiny", **MICRO)).eval()
+    llm.set_rope_base(200_000.0)
+    llm.set_rope_yarn(YaRN(4.0, 512))  # the export's max_position_embeddings (2,048) is 4x 512, as YaRN expects
+    save_backbones(tmp_path / "x.ckpt", {"llm": (llm.config, llm.state_dict())}, {"format": "test"},
+                   rope_base=200_000.0)  # fmt: skip
+    export_llama(tmp_path / "x.ckpt", tmp_path / "hf")
+    rope = json.loads((tmp_path / "hf" / "config.json").read_text())["rope_parameters"]
+    assert rope == {"rope_type": "yarn", "rope_theta": 2e5, "factor": 4.0, "original_max_position_embeddings": 512}
+    ids = torch.randint(0, MICRO["vocab_size"], (2, 80), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = llm(ids)
+        llm.set_rope_yarn(None)
+        plain = llm(ids)
+    theirs = hf_logits(tmp_path / "hf", ids)
+    torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=0)
+    assert (theirs - plain).abs().max() > 1e-2  # YaRN changed the logits, and transformers followed it
 
 
 @pytest.mark.parametrize(("tie", "dtype"), [(False, torch.float32), (True, torch.bfloat16)])

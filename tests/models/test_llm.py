@@ -7,6 +7,7 @@ from mm_lightning import build_backbone
 from mm_lightning.errors import ConfigError
 from mm_lightning.models import LLM
 from mm_lightning.ops.key_smear import GATE_INIT
+from mm_lightning.ops.rope import YaRN
 
 
 def micro(**overrides) -> LLM:
@@ -84,6 +85,26 @@ def test_rope_base_is_run_time_state_that_travels_in_the_state_dict():
         torch.testing.assert_close(reloaded(ids), after)
     with pytest.raises(ValueError, match="positive"):
         llm.set_rope_base(0)
+
+
+def test_yarn_is_run_time_state_that_travels_in_the_state_dict_and_old_checkpoints_load_without_it():
+    llm = micro()
+    ids = torch.randint(0, 97, (1, 32))
+    old_state = llm.state_dict()  # as a checkpoint from before YaRN: its extra state holds the base only
+    with torch.no_grad():
+        before = llm(ids)
+        llm.set_rope_yarn(YaRN(4.0, 8))
+        after = llm(ids)
+    assert not torch.allclose(before, after)
+    reloaded = micro()
+    reloaded.load_state_dict(llm.state_dict())
+    assert reloaded.rope_yarn == YaRN(4.0, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids), after)
+    reloaded.load_state_dict(old_state)
+    assert reloaded.rope_yarn is None
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids), before)
 
 
 def test_inputs_embeds_equals_input_ids():
