@@ -1,8 +1,9 @@
 """Kimi-VL's long-context switch: a larger RoPE base (50,000 -> 800,000) and a longer sequence length.
 
 Optionally the switch also scales the frequencies by YaRN (``yarn_factor``, ``original_len``; ``ops/rope.py``):
-the pairs that never turned once over the trained rows are slowed by the factor, the fast ones kept. Measured on the
-long demo's stage 5 it lost to a 4x base (README, "YaRN for stage 5"), so the demos switch the base alone.
+the pairs that never turned once over the trained rows are slowed by the factor, the fast ones kept. On the long
+demo's stage 5 it found far needles a 4x base missed and lost the look-up at stage 1's length (README, "YaRN, a base
+of 100,000, more steps"), so the demos switch the base alone.
 
 The callback owns *when*: by default the stage's first step, else a given global step. By default the data's
 length changes in ``setup`` (the training loader is built before any hook of the first step) and the base
