@@ -10,8 +10,10 @@ stages, continues a stage that stopped from its newest readable checkpoint, and 
 
 Stages side by side: with ``concurrent_stages: N`` in the pipeline file (or ``--concurrent N``), up to N stages run
 at once when none consumes another's checkpoint (the ``inputs`` are the dependency graph; nothing else orders
-stages then). Each stage that starts beside another gets ``cores // N`` CPU threads (``OMP_NUM_THREADS``, unless the
-environment sets it); one that starts alone keeps them all. On a small CPU this pays because a tiny stage's
+stages then). A stage that this run could put beside another (neither needs the other, directly or through other
+stages) gets ``cores // N`` CPU threads (``OMP_NUM_THREADS``, unless the environment sets it), even when the other has
+finished before it starts: its threads, and so its figures to the digit, do not hang on which stage ended first. The
+others keep every core. On a small CPU this pays because a tiny stage's
 matmuls run on two cores at only ~1.3-1.6x their speed on one (README, "Stages side by side"). The stage started
 while no other runs keeps the terminal; one started beside it writes to ``<stage>/output.log``. When a stage
 fails, no new stage starts; the ones beside it run to their end (their work is kept), then the pipeline stops with
@@ -98,6 +100,7 @@ def _run_stages(spec: PipelineSpec, manifest: Manifest, plans: list[StagePlan], 
     planned = {plan.stage.name for plan in plans}
     outside = {name for plan in plans for name in plan.stage.needs} - planned  # finished and current (plan checked)
     done = outside | {plan.stage.name for plan in plans if plan.action == "skip"}
+    shared = _may_share(plans) if width > 1 else set()
     failure: PipelineStopped | None = None
     try:
         while waiting or running:
@@ -107,8 +110,8 @@ def _run_stages(spec: PipelineSpec, manifest: Manifest, plans: list[StagePlan], 
                 waiting.remove(plan)
             batch = [plan for plan in ready if plan.action != "skip"][: width - len(running)]
             together = [launched.name for launched in running] + [plan.stage.name for plan in batch]
-            threads = max(1, _cores() // width) if len(together) > 1 else None
             for plan in batch:
+                threads = max(1, _cores() // width) if plan.stage.name in shared else None
                 to_file = any(launched.output is None for launched in running)
                 company = [name for name in together if name != plan.stage.name]
                 _say(plan.header + _side_by_side_note(spec, plan, company, threads, to_file))
@@ -146,12 +149,33 @@ def _run_stages(spec: PipelineSpec, manifest: Manifest, plans: list[StagePlan], 
         raise failure
 
 
+def _may_share(plans: list[StagePlan]) -> set[str]:
+    """The stages to run that could run beside another stage to run: neither needs the other, even indirectly."""
+    needs = {plan.stage.name: set(plan.stage.needs) for plan in plans}
+    above: dict[str, set[str]] = {}
+
+    def ancestors(name: str) -> set[str]:
+        if name not in above:
+            above[name] = set()  # the graph has no cycles (the spec refuses them)
+            above[name] = {up for need in needs.get(name, ()) for up in {need} | ancestors(need)}
+        return above[name]
+
+    to_run = [plan.stage.name for plan in plans if plan.action != "skip"]
+    return {
+        name
+        for name in to_run
+        if any(other != name and other not in ancestors(name) and name not in ancestors(other) for other in to_run)
+    }
+
+
 def _side_by_side_note(
     spec: PipelineSpec, plan: StagePlan, company: list[str], threads: int | None, to_file: bool
 ) -> str:
     """What a stage's header adds when it runs beside others: which, on how many threads, where its output goes."""
     if not company:
-        return ""
+        if threads is None:
+            return ""
+        return f" · on {threads} CPU thread{'s' if threads > 1 else ''}, as when it runs beside a stage independent of it"
     note = f" · beside {', '.join(company)}"
     if threads is not None:
         note += f" on {threads} CPU thread{'s' if threads > 1 else ''}"

@@ -29,8 +29,9 @@ SLEEP_S = 0.6
 class FakeStages:
     """Stands in for ``launch_stage`` / ``finish_stage``: each stage sleeps ``SLEEP_S`` (exit 1 if it is to fail)."""
 
-    def __init__(self, failing: str | None = None) -> None:
+    def __init__(self, failing: str | None = None, sleeps: dict[str, float] | None = None) -> None:
         self.failing = failing
+        self.sleeps = sleeps or {}
         self.spans: dict[str, list[float]] = {}
         self.threads: dict[str, int | None] = {}
         self.to_file: dict[str, bool] = {}
@@ -39,7 +40,7 @@ class FakeStages:
         name = plan.stage.name
         code = 1 if name == self.failing else 0
         process = subprocess.Popen(
-            [sys.executable, "-c", f"import time; time.sleep({SLEEP_S}); raise SystemExit({code})"]
+            [sys.executable, "-c", f"import time; time.sleep({self.sleeps.get(name, SLEEP_S)}); raise SystemExit({code})"]
         )
         self.spans[name] = [time.monotonic()]
         self.threads[name], self.to_file[name] = threads, to_file
@@ -56,13 +57,15 @@ class FakeStages:
         return a0 < b1 and b0 < a1
 
 
-def run_fake(tmp_path: Path, monkeypatch, width: int, failing: str | None = None) -> tuple[FakeStages, str | None]:
-    fake = FakeStages(failing)
+def run_fake(
+    tmp_path: Path, monkeypatch, width: int, failing: str | None = None, stages: list[dict] | None = None, **sleeps
+) -> tuple[FakeStages, str | None]:
+    fake = FakeStages(failing, sleeps)
     monkeypatch.setattr(runner, "launch_stage", fake.launch)
     monkeypatch.setattr(runner, "finish_stage", fake.finish)
     monkeypatch.setattr(runner, "_cores", lambda: 4)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    spec = load_pipeline(write_pipeline(tmp_path, recipe_stages()), concurrent_stages=width)
+    spec = load_pipeline(write_pipeline(tmp_path, stages or recipe_stages()), concurrent_stages=width)
     manifest = Manifest.load_or_create(spec)
     try:
         runner._run_stages(spec, manifest, plan_pipeline(spec, manifest), redo_given=False)
@@ -86,6 +89,26 @@ def test_independent_stages_run_side_by_side_and_the_rest_after_their_inputs(
     assert fake.threads["text"] == fake.threads["vit"] == 2  # 4 cores, 2 stages
     assert fake.threads["align"] is None and fake.threads["joint"] is None  # alone: every core
     assert fake.to_file == {"text": False, "vit": True, "align": False, "joint": False, "cooldown": False}
+
+
+def test_a_stage_that_may_run_beside_another_gets_its_share_of_threads_even_when_it_starts_alone(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    # the long demo's graph: the ViT is independent of the warm-up and of stage 1, which needs the warm-up; here the
+    # ViT ends long before the warm-up, so stage 1 starts alone, and still gets the threads it would get beside it
+    llm = "model.init_args.llm_checkpoint"
+    stages = [
+        {"name": "warmup"},
+        {"name": "text", "inputs": {llm: "warmup"}},
+        {"name": "vit"},
+        {"name": "align", "inputs": {llm: "text", "model.init_args.vit_checkpoint": "vit"}},
+    ]
+    fake, failure = run_fake(tmp_path, monkeypatch, width=2, stages=stages, vit=0.05)
+    assert failure is None and fake.spans["vit"][1] < fake.spans["text"][0]
+    assert fake.threads == {"warmup": 2, "vit": 2, "text": 2, "align": None}
+    headers = {line.split()[3].rstrip(":"): line for line in capsys.readouterr().out.splitlines() if " stage " in line}
+    assert headers["text"].endswith("· on 2 CPU threads, as when it runs beside a stage independent of it")
+    assert "CPU thread" not in headers["align"], headers["align"]
 
 
 def test_one_stage_at_a_time_by_default(tmp_path: Path, monkeypatch) -> None:
