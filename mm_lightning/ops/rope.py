@@ -79,12 +79,14 @@ def rope_cos_sin(
     """
     exponent = torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.float32) / head_dim
     inv_freq = 1.0 / (base**exponent)  # [D/2]
-    magnitude = 1.0
     if yarn is not None:
-        inv_freq, magnitude = yarn.scale(inv_freq, base), yarn.magnitude
+        inv_freq = yarn.scale(inv_freq, base)
     angles = position_ids[..., None].float() * inv_freq  # [B, T, D/2]
     angles = torch.cat((angles, angles), dim=-1)[:, None]  # [B, 1, T, D]
-    return (angles.cos() * magnitude).to(dtype), (angles.sin() * magnitude).to(dtype)
+    cos, sin = angles.cos(), angles.sin()
+    if yarn is not None:  # plain RoPE, every forward's case, skips the two multiplications
+        cos, sin = cos * yarn.magnitude, sin * yarn.magnitude
+    return cos.to(dtype), sin.to(dtype)
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
