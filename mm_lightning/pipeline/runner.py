@@ -172,13 +172,10 @@ def _side_by_side_note(
     spec: PipelineSpec, plan: StagePlan, company: list[str], threads: int | None, to_file: bool
 ) -> str:
     """What a stage's header adds when it runs beside others: which, on how many threads, where its output goes."""
+    on = "" if threads is None else f" on {threads} CPU thread{'s' if threads > 1 else ''}"
     if not company:
-        if threads is None:
-            return ""
-        return f" · on {threads} CPU thread{'s' if threads > 1 else ''}, as when it runs beside a stage independent of it"
-    note = f" · beside {', '.join(company)}"
-    if threads is not None:
-        note += f" on {threads} CPU thread{'s' if threads > 1 else ''}"
+        return f" ·{on}, as when it runs beside a stage independent of it" if on else ""
+    note = f" · beside {', '.join(company)}{on}"
     if to_file:
         note += f" · output in {stage_paths(spec.run_dir, plan.stage.name).root / 'output.log'}"
     return note
