@@ -39,8 +39,9 @@ class FakeStages:
     def launch(self, spec, plan, manifest, threads=None, to_file=False) -> LaunchedStage:
         name = plan.stage.name
         code = 1 if name == self.failing else 0
+        sleep = self.sleeps.get(name, SLEEP_S)
         process = subprocess.Popen(
-            [sys.executable, "-c", f"import time; time.sleep({self.sleeps.get(name, SLEEP_S)}); raise SystemExit({code})"]
+            [sys.executable, "-c", f"import time; time.sleep({sleep}); raise SystemExit({code})"]
         )
         self.spans[name] = [time.monotonic()]
         self.threads[name], self.to_file[name] = threads, to_file
